@@ -1,0 +1,79 @@
+"""tfmagic-train: flags, usage errors that create nothing, help, re-runs of a finished run."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from absl import app, flags
+from test_recipe import BAD_VALUES
+
+from tfmagic.cli import train as cli
+from tfmagic.recipe import fields
+
+BINARY = shutil.which("tfmagic-train")
+
+
+def _run_in_process(argv, capsys):
+    """Run the absl app as the binary would, returning (exit code, stderr)."""
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as caught:
+        app.run(cli.main, argv=["tfmagic-train", *argv])
+    flags.FLAGS.unparse_flags()
+    return caught.value.code, capsys.readouterr().err
+
+
+def _run_binary(*argv, cwd):
+    return subprocess.run(
+        [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]), *argv],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.parametrize("field,value,words", BAD_VALUES)
+def test_every_rule_is_a_usage_error_that_creates_nothing(field, value, words, tmp_path, capsys):
+    out = tmp_path / "never"
+    argv = [f"--{field}={value}"] + ([] if field == "output_dir" else [f"--output_dir={out}"])
+    code, err = _run_in_process(argv, capsys)
+    assert code != 0
+    assert f"--{field}" in err or f"flag --{field}" in err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_binary_bad_value_exit_code_and_message(tmp_path):
+    proc = _run_binary("--lr=-0.5", "--output_dir=never", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "--lr=-0.5: must be > 0" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_binary_helpfull_documents_every_flag(tmp_path):
+    proc = _run_binary("--helpfull", cwd=tmp_path)
+    for field in fields():
+        assert f"--{field.name}" in proc.stdout
+        assert field.metadata["help"].split(";")[0][:40] in proc.stdout.replace("\n    ", " ")
+    assert "--[no]overwrite" in proc.stdout
+
+
+def test_binary_trains_then_refuses_a_finished_run(tmp_path):
+    flagfile = tmp_path / "tiny.cfg"
+    flagfile.write_text(
+        "--train_subset=600\n--epochs=1\n--batch_size=64\n--width=0.5\n--output_dir=run\n"
+    )
+    first = _run_binary(f"--flagfile={flagfile}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    summary = first.stdout.strip().splitlines()[-1]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert f"test accuracy {result['test_accuracy']:.4f}" in summary
+    stamp = (tmp_path / "run" / "result.json").stat().st_mtime_ns
+
+    second = _run_binary(f"--flagfile={flagfile}", cwd=tmp_path)
+    assert second.returncode == 2
+    assert "finished run" in second.stderr and "--overwrite" in second.stderr
+    assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
+
+    third = _run_binary(f"--flagfile={flagfile}", "--overwrite", "--epochs=2", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 2

@@ -1,0 +1,104 @@
+"""Recipe: defaults, every validation rule, flags generated from the fields, flagfiles."""
+
+import dataclasses
+
+import pytest
+from absl import flags
+
+from tfmagic import models
+from tfmagic.recipe import Recipe, RecipeError, define_flags, fields, from_flags
+
+# (field, bad value, words the message must contain). One row per rule.
+BAD_VALUES = [
+    ("dataset", "imagenet", "fashion_mnist"),
+    ("dataset", "folder:/no/such/dir", "/no/such/dir"),
+    ("dataset", "tfds:", "needs a dataset name"),
+    ("train_subset", -1, ">= 0"),
+    ("validation_fraction", 1.0, "[0, 1)"),
+    ("validation_fraction", -0.1, "[0, 1)"),
+    ("image_size", 16, ">= 28"),
+    ("batch_size", 0, ">= 1"),
+    ("epochs", 0, ">= 1"),
+    ("model", "resnet18", "resnet20"),
+    ("width", 0.0, "(0, 8]"),
+    ("width", 9.0, "(0, 8]"),
+    ("downscale_activation", "gelu", "leaky_relu, relu, swish"),
+    ("num_classes", 1, ">= 2"),
+    ("lr", 0.0, "> 0"),
+    ("lr", -1.0, "> 0"),
+    ("momentum", 1.0, "[0, 1)"),
+    ("seed", -3, ">= 0"),
+    ("output_dir", " ", "non-empty"),
+    ("epochs", 2.5, "type int"),
+    ("lr", "fast", "type float"),
+    ("batch_size", True, "type int"),
+]
+
+
+def test_defaults_are_valid_and_recommended():
+    recipe = Recipe()
+    assert recipe.dataset == "fashion_mnist"
+    assert recipe.model in models.MODEL_NAMES
+    assert recipe.downscale_activation == "leaky_relu"
+
+
+@pytest.mark.parametrize("field,value,words", BAD_VALUES)
+def test_every_rule_names_field_value_and_allowed(field, value, words):
+    with pytest.raises(RecipeError) as caught:
+        Recipe(**{field: value})
+    message = str(caught.value)
+    assert message.startswith(f"{field}={value!r}")
+    assert words in message
+    assert caught.value.field == field
+
+
+def test_every_checked_field_has_a_bad_value_row():
+    checked = {f.name for f in fields() if f.metadata["check"] or f.metadata["choices"]}
+    assert checked == {row[0] for row in BAD_VALUES}
+
+
+def test_replace_validates_again():
+    with pytest.raises(RecipeError, match="epochs=0"):
+        dataclasses.replace(Recipe(), epochs=0)
+
+
+def test_int_is_accepted_for_float_fields():
+    assert Recipe(lr=1).lr == 1.0
+    assert isinstance(Recipe(lr=1).lr, float)
+
+
+def test_flags_are_generated_from_fields():
+    values = flags.FlagValues()
+    define_flags(values)
+    for field in fields():
+        flag = values[field.name]
+        assert flag.default == field.default
+        assert field.metadata["help"] in flag.help
+        if field.metadata["choices"]:
+            assert list(flag.parser.enum_values) == list(field.metadata["choices"])
+    values(["prog", "--lr=0.3", "--epochs=7", "--model=mobilenet_small"])
+    recipe = from_flags(values)
+    assert (recipe.lr, recipe.epochs, recipe.model) == (0.3, 7, "mobilenet_small")
+
+
+def test_flagfile_round_trip(tmp_path):
+    recipe = Recipe(
+        train_subset=1234, validation_fraction=0.2, image_size=32, batch_size=64, epochs=3,
+        model="mobilenet_small", width=0.5, downscale_activation="swish", num_classes=10,
+        lr=0.05, momentum=0.8, seed=7, output_dir=str(tmp_path / "out"),
+    )
+    path = tmp_path / "recipe.cfg"
+    recipe.to_flagfile(path)
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    assert lines == [f"--{f.name}={getattr(recipe, f.name)}" for f in fields()]
+    assert Recipe.from_flagfile(path) == recipe
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.cfg"]
+
+
+def test_from_flagfile_rejects_bad_value_and_missing_file(tmp_path):
+    path = tmp_path / "bad.cfg"
+    path.write_text("--epochs=0\n")
+    with pytest.raises(RecipeError, match="epochs=0"):
+        Recipe.from_flagfile(path)
+    with pytest.raises(FileNotFoundError, match="nothere.cfg"):
+        Recipe.from_flagfile(tmp_path / "nothere.cfg")

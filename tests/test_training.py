@@ -1,0 +1,144 @@
+"""train(recipe): a real short run on Fashion-MNIST, its files, re-runs, resume, divergence."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tfmagic import data
+from tfmagic.recipe import Recipe
+from tfmagic.training import RunExistsError, train
+
+QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, width=0.5, lr=0.05, seed=3)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfterEpoch(keras.callbacks.Callback):
+    """Stands for a killed process: raises once the given epoch has been saved."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Crash(f"stopped after epoch {epoch}")
+
+
+def _history(out):
+    with open(out / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "quick"
+    recipe = Recipe(epochs=2, output_dir=str(out), **QUICK)
+    return recipe, train(recipe, verbose=0), out
+
+
+def test_short_run_learns_far_above_chance(finished_run):
+    _, result, _ = finished_run
+    assert result.status == "completed"
+    assert result.test_accuracy > 0.6
+    assert result.best_val_accuracy > 0.6
+    assert result.epochs_run == 2
+    assert result.train_images_per_s > 0
+
+
+def test_output_files_hold_the_documented_content(finished_run):
+    recipe, result, out = finished_run
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.csv", "model.keras", "recipe.cfg", "result.json", "tensorboard",
+    ]
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["status"] == "completed"
+    assert saved["recipe"]["train_subset"] == 3000
+    assert saved["epochs_run"] == 2
+    assert saved["params"] == result.params
+    assert saved["test_accuracy"] == pytest.approx(result.test_accuracy)
+    assert saved["wall_time_s"] > 0
+    assert saved["resumed_from_epoch"] == 0
+
+    rows = _history(out)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s",
+                   "train_images_per_s"):
+        assert all(float(r[column]) > 0 for r in rows), column
+    assert saved["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows))
+
+    assert Recipe.from_flagfile(out / "recipe.cfg") == recipe
+
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert model.count_params() == result.params
+    splits = data.load(recipe.dataset, batch_size=256, seed=recipe.seed,
+                       train_subset=recipe.train_subset, validation_fraction=0.1)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    _, accuracy = model.evaluate(splits.test, verbose=0)
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6)
+    assert list(out.glob(".*")) == []
+
+
+def test_finished_run_is_refused_then_replaced_with_overwrite(finished_run):
+    recipe, result, out = finished_run
+    before = (out / "result.json").stat().st_mtime_ns
+    with pytest.raises(RunExistsError, match="finished run"):
+        train(recipe, verbose=0)
+    assert (out / "result.json").stat().st_mtime_ns == before
+    again = train(recipe, overwrite=True, verbose=0)
+    assert (out / "result.json").stat().st_mtime_ns != before
+    assert again.epochs_run == 2
+    assert again.test_accuracy == pytest.approx(result.test_accuracy, abs=0.05)
+
+
+def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path):
+    recipe = Recipe(epochs=3, output_dir=str(tmp_path / "run"), **QUICK)
+    with pytest.raises(_Crash):
+        train(recipe, verbose=0, callbacks=[_CrashAfterEpoch(1)])
+    out = tmp_path / "run"
+    assert not (out / "result.json").exists()
+    assert [int(r["epoch"]) for r in _history(out)] == [0, 1]
+
+    with pytest.raises(RunExistsError, match="changed: lr"):
+        train(Recipe(epochs=3, output_dir=str(out), **{**QUICK, "lr": 0.02}), verbose=0)
+
+    result = train(recipe, verbose=0)
+    assert result.resumed_from_epoch == 2
+    assert result.epochs_run == 3
+    assert [int(r["epoch"]) for r in _history(out)] == [0, 1, 2]
+    assert result.test_accuracy > 0.6
+    assert not (out / "backup").exists()
+
+
+def test_huge_learning_rate_is_recorded_as_diverged(tmp_path):
+    recipe = Recipe(epochs=2, output_dir=str(tmp_path / "boom"), **{**QUICK, "lr": 1e12})
+    result = train(recipe, verbose=0)
+    assert result.status == "diverged"
+    saved = json.loads((tmp_path / "boom" / "result.json").read_text())
+    assert saved["status"] == "diverged"
+    assert saved["test_accuracy"] is None
+    assert not (tmp_path / "boom" / "model.keras").exists()
+    assert os.path.exists(tmp_path / "boom" / "history.csv")
+
+
+def test_num_classes_smaller_than_the_data_is_refused_before_writing(tmp_path):
+    from tfmagic.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="num_classes=5.*10 classes"):
+        train(Recipe(num_classes=5, output_dir=str(tmp_path / "x"), **QUICK), verbose=0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_per_epoch_throughput_is_consistent_with_epoch_time(finished_run):
+    _, _, out = finished_run
+    for row in _history(out):
+        train_seconds = 2700 / float(row["train_images_per_s"])
+        assert 0 < train_seconds <= float(row["epoch_time_s"]) + 1e-6
+    assert np.isfinite([float(r["loss"]) for r in _history(out)]).all()

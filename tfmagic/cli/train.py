@@ -1,0 +1,75 @@
+"""tfmagic-train: train one Recipe.
+
+Every flag is a field of `tfmagic.recipe.Recipe` (see --helpfull). A flagfile holds one
+flag per line:
+
+    tfmagic-train --flagfile=flags/quickstart.cfg
+    tfmagic-train --flagfile=flags/quickstart.cfg --epochs=1 --output_dir=runs/try
+
+Running again into the same --output_dir continues an unfinished run and refuses a
+finished one unless --overwrite is given.
+
+Exit status: 0 the run completed; 1 a bad flag value (nothing is written); 2 the
+output directory holds a run that must not be touched; 3 the run diverged (recorded in
+result.json).
+"""
+
+import sys
+
+from absl import app, flags
+
+from tfmagic import recipe as recipe_lib
+
+FLAGS = flags.FLAGS
+recipe_lib.define_flags(FLAGS)
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace a finished run (or an unfinished run of another recipe) in --output_dir.",
+)
+
+
+def summary_line(result) -> str:
+    """One line that says how a run ended."""
+    r = result.recipe
+    head = f"{r.model} on {r.dataset}"
+    if result.status != "completed":
+        return f"{head}: {result.status} after {result.epochs_run} epochs -> {result.output_dir}"
+    return (
+        f"{head}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4f}, "
+        f"best val accuracy {result.best_val_accuracy or float('nan'):.4f}, "
+        f"{result.epochs_run} epochs, {result.wall_time_s:.0f} s, "
+        f"{result.train_images_per_s:.0f} train images/s -> {result.output_dir}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        recipe = recipe_lib.from_flags(FLAGS)
+    except recipe_lib.RecipeError as error:
+        raise app.UsageError(f"--{error.field}={error.value}: {error.allowed}") from None
+
+    from tfmagic import data, training
+
+    try:
+        result = training.train(recipe, overwrite=FLAGS.overwrite)
+    except recipe_lib.RecipeError as error:
+        raise app.UsageError(f"--{error.field}={error.value}: {error.allowed}") from None
+    except data.DataError as error:
+        raise app.UsageError(str(error)) from None
+    except training.RunExistsError as error:
+        print(f"tfmagic-train: {error}", file=sys.stderr)
+        return 2
+    print(summary_line(result))
+    return 0 if result.status == "completed" else 3
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

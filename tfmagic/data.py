@@ -1,0 +1,689 @@
+"""Datasets and the tf.data input pipeline.
+
+Every dataset is decoded once into uint8 numpy arrays held in memory (images ``(N, H, W, C)``,
+labels int32 ``0..K-1``); :func:`load` then splits them (stratified, seeded) and builds the
+``tf.data`` pipelines that feed ``model.fit``. Per-step work (shuffling, resizing, augmentation,
+normalization) runs inside the tf.data graph, never in Python.
+
+Example::
+
+    splits = load("fashion_mnist", batch_size=128, train_subset=6000, seed=1)
+    model.fit(splits.train, validation_data=splits.validation, epochs=3)
+    model.evaluate(splits.test)
+
+Dataset specs:
+
+* ``"fashion_mnist"``: the IDX ``.gz`` files, searched for in ``$TFMAGIC_DATA_DIR/fashion-mnist``,
+  ``~/.keras/datasets/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist``, else downloaded
+  by Keras.
+* ``"folder:PATH"``: one sub-folder per class. If ``PATH`` has ``train/`` and ``test/``
+  sub-folders they are the splits; otherwise a fixed stratified 1/6 of ``PATH`` is the test set.
+* ``"tfds:NAME"``: the ``train`` and ``test`` splits of a tensorflow-datasets dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib
+import numbers
+import os
+import zlib
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "DataError",
+    "DataSplits",
+    "check_dataset_name",
+    "fashion_mnist",
+    "load",
+]
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+DATASET_FORMS = ('"fashion_mnist"', '"folder:PATH"', '"tfds:NAME"')
+
+_FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+_FASHION_COUNTS = {"train": 60000, "test": 10000}
+_SYSTEM_DATA_DIR = "/usr/share/datasets"
+_IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+# Arrays larger than this cannot be embedded in a tf.data graph (protobuf 2 GiB limit).
+_MAX_IN_MEMORY_BYTES = 2**31 - 1
+# Seed of the folder test hold-out: the test set must not change with the training seed.
+_FOLDER_TEST_SEED = 0
+_FOLDER_TEST_FRACTION = 1 / 6
+# Independent random streams derived from the user's seed.
+_SUBSET_STREAM = 1
+_VALIDATION_STREAM = 2
+
+
+class DataError(ValueError):
+    """A dataset is missing, unreadable or malformed, or a data argument is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    """The batched pipelines of one dataset and what a model needs to know about them.
+
+    ``train`` is shuffled (reshuffled every epoch) and augmented and does not repeat;
+    ``validation`` (None when no data is held out) and ``test`` are in a fixed order.
+    Images are float32, normalized per channel with ``mean`` / ``std`` (0..255 scale,
+    computed on the training split); labels are int32 unless the augment hook changes them.
+    """
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    train_size: int
+    validation_size: int
+    test_size: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def _fashion_search_dirs() -> list[str]:
+    dirs = []
+    env_dir = os.environ.get("TFMAGIC_DATA_DIR")
+    if env_dir:
+        dirs.append(os.path.join(os.path.expanduser(env_dir), "fashion-mnist"))
+    dirs.append(os.path.join(os.path.expanduser("~"), ".keras", "datasets", "fashion-mnist"))
+    dirs.append(os.path.join(_SYSTEM_DATA_DIR, "fashion-mnist"))
+    return dirs
+
+
+def _missing_fashion_files(directory: str) -> list[str]:
+    return [
+        name
+        for name in _FASHION_FILES.values()
+        if not os.path.isfile(os.path.join(directory, name))
+    ]
+
+
+def _read_gzip(path: str) -> bytes:
+    if not os.path.isfile(path):
+        raise DataError(f"Fashion-MNIST file missing: {path}")
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except EOFError as e:
+        raise DataError(
+            f"Fashion-MNIST file truncated: {path} (gzip stream ends early: {e})"
+        ) from e
+    except (OSError, zlib.error) as e:
+        raise DataError(f"Fashion-MNIST file corrupt: {path} (not a valid gzip file: {e})") from e
+
+
+def _read_idx(path: str, expected_dims: tuple[int, ...]) -> np.ndarray:
+    """Read an IDX file of unsigned bytes and check its dimensions against ``expected_dims``."""
+    data = _read_gzip(path)
+    ndim = len(expected_dims)
+    header_size = 4 + 4 * ndim
+    if len(data) < 4:
+        raise DataError(f"Fashion-MNIST file truncated: {path} (only {len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    expected_magic = 0x0800 + ndim
+    if magic != expected_magic:
+        raise DataError(
+            f"Fashion-MNIST file corrupt: {path} (bad magic number 0x{magic:08x}, expected "
+            f"0x{expected_magic:08x}: unsigned bytes in {ndim} dimension(s))"
+        )
+    if len(data) < header_size:
+        raise DataError(f"Fashion-MNIST file truncated: {path} (header cut short)")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if dims != expected_dims:
+        what = "labels" if ndim == 1 else "images"
+        raise DataError(
+            f"Fashion-MNIST file corrupt: {path} (holds {what} of shape {dims}, expected "
+            f"{expected_dims}: one label per image, 28x28 images)"
+        )
+    size = int(np.prod(dims))
+    found = len(data) - header_size
+    if found < size:
+        raise DataError(
+            f"Fashion-MNIST file truncated: {path} (header says {size} bytes of data, "
+            f"found {found})"
+        )
+    if found > size:
+        raise DataError(
+            f"Fashion-MNIST file corrupt: {path} ({found - size} unexpected bytes after the data)"
+        )
+    return np.frombuffer(data, dtype=np.uint8, count=size, offset=header_size).reshape(dims).copy()
+
+
+def _read_fashion_dir(
+    directory: str,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    result = []
+    for split, count in _FASHION_COUNTS.items():
+        images = _read_idx(
+            os.path.join(directory, _FASHION_FILES[f"{split}_images"]), (count, 28, 28)
+        )
+        labels_path = os.path.join(directory, _FASHION_FILES[f"{split}_labels"])
+        labels = _read_idx(labels_path, (count,))
+        if labels.max() >= len(FASHION_MNIST_CLASSES):
+            raise DataError(
+                f"Fashion-MNIST file corrupt: {labels_path} (label {int(labels.max())} out of "
+                f"range 0..{len(FASHION_MNIST_CLASSES) - 1})"
+            )
+        result.append((images[..., np.newaxis], labels.astype(np.int32)))
+    return result[0], result[1]
+
+
+def _download_fashion(
+    searched: list[str],
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    notes = []
+    for directory in searched:
+        if not os.path.isdir(directory):
+            notes.append(f"{directory} (no such directory)")
+        else:
+            notes.append(f"{directory} (missing {', '.join(_missing_fashion_files(directory))})")
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as e:
+        raise DataError(
+            "Fashion-MNIST not found and the Keras download failed "
+            f"({type(e).__name__}: {e}). Searched: {'; '.join(notes)}. Put the four IDX .gz files "
+            "in one of these directories (e.g. $TFMAGIC_DATA_DIR/fashion-mnist)."
+        ) from e
+    splits = []
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        count = _FASHION_COUNTS[split]
+        if x.shape != (count, 28, 28) or y.shape != (count,):
+            raise DataError(
+                f"Fashion-MNIST from the Keras download is corrupt: {split} images {x.shape}, "
+                f"labels {y.shape}, expected ({count}, 28, 28) and ({count},)"
+            )
+        splits.append((x.astype(np.uint8)[..., np.newaxis], y.astype(np.int32)))
+    return splits[0], splits[1]
+
+
+def fashion_mnist(
+    data_dir: str | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Load Fashion-MNIST as ``((x_train, y_train), (x_test, y_test))``.
+
+    Images are uint8 ``(60000, 28, 28, 1)`` and ``(10000, 28, 28, 1)``, labels int32 0..9
+    (names in ``FASHION_MNIST_CLASSES``).
+
+    Args:
+        data_dir: directory holding the four IDX ``.gz`` files. When None the first of
+            ``$TFMAGIC_DATA_DIR/fashion-mnist``, ``~/.keras/datasets/fashion-mnist`` and
+            ``/usr/share/datasets/fashion-mnist`` that has all four files is used; if none has
+            them, ``keras.datasets.fashion_mnist.load_data()`` downloads them.
+
+    Raises:
+        DataError: a file is missing, truncated or corrupt (the message names it), or no
+            directory has the files and the download fails (the message lists the directories).
+    """
+    if data_dir is not None:
+        return _read_fashion_dir(os.path.expanduser(data_dir))
+    searched = _fashion_search_dirs()
+    for directory in searched:
+        if os.path.isdir(directory) and not _missing_fashion_files(directory):
+            return _read_fashion_dir(directory)
+    return _download_fashion(searched)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _first_image(path: str) -> str | None:
+    for class_dir in sorted(os.listdir(path)):
+        class_path = os.path.join(path, class_dir)
+        if not os.path.isdir(class_path):
+            continue
+        for root, dirs, files in os.walk(class_path):
+            dirs.sort()
+            for name in sorted(files):
+                if name.lower().endswith(_IMAGE_EXTENSIONS):
+                    return os.path.join(root, name)
+    return None
+
+
+def _read_folder(
+    path: str, size: tuple[int, int], class_names: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        dataset = keras.utils.image_dataset_from_directory(
+            path,
+            labels="inferred",
+            label_mode="int",
+            class_names=class_names,
+            color_mode="rgb",
+            batch_size=None,
+            image_size=size,
+            shuffle=False,
+            interpolation="bilinear",
+            data_format="channels_last",
+            verbose=False,
+        )
+    except ValueError as e:
+        raise DataError(f"image folder {path} could not be read: {e}") from e
+    count = len(dataset.file_paths)
+    if count * size[0] * size[1] * 3 > _MAX_IN_MEMORY_BYTES:
+        raise DataError(
+            f"image folder {path}: {count} images of {size[0]}x{size[1]} do not fit in memory "
+            "(2 GiB); pass a smaller image_size"
+        )
+    names = list(dataset.class_names)
+    images = np.empty((count, size[0], size[1], 3), dtype=np.uint8)
+    labels = np.empty((count,), dtype=np.int32)
+    start = 0
+    for x, y in dataset.batch(256).as_numpy_iterator():
+        stop = start + len(y)
+        images[start:stop] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        labels[start:stop] = y
+        start = stop
+    return images, labels, names
+
+
+def _load_folder(
+    path: str, image_size: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    path = os.path.expanduser(path)
+    train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "test")
+    has_train, has_test = os.path.isdir(train_dir), os.path.isdir(test_dir)
+    if has_train != has_test:
+        present, absent = ("train", "test") if has_train else ("test", "train")
+        raise DataError(
+            f"image folder {path} has a {present}/ sub-folder but no {absent}/: use both "
+            "(each with one sub-folder per class) or neither (one sub-folder per class)"
+        )
+    if image_size is None:
+        first = _first_image(train_dir if has_train else path)
+        if first is None:
+            raise DataError(f"image folder {path} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
+        try:
+            shape = tf.io.decode_image(tf.io.read_file(first), expand_animations=False).shape
+        except tf.errors.OpError as e:
+            raise DataError(f"image {first} could not be decoded: {e.message}") from e
+        size = (int(shape[0]), int(shape[1]))
+    else:
+        size = (image_size, image_size)
+    if has_train:
+        x_train, y_train, names = _read_folder(train_dir, size)
+        x_test, y_test, test_names = _read_folder(test_dir, size)
+        if test_names != names:
+            raise DataError(
+                f"image folder {path}: test/ classes {test_names} differ from train/ "
+                f"classes {names}"
+            )
+    else:
+        images, labels, names = _read_folder(path, size)
+        rng = np.random.default_rng(_FOLDER_TEST_SEED)
+        test_idx = _stratified_holdout(
+            labels, len(names), _FOLDER_TEST_FRACTION, rng, f"image folder {path} (test hold-out)"
+        )
+        train_mask = np.ones(len(labels), dtype=bool)
+        train_mask[test_idx] = False
+        x_train, y_train = images[train_mask], labels[train_mask]
+        x_test, y_test = images[test_idx], labels[test_idx]
+    return x_train, y_train, x_test, y_test, tuple(names)
+
+
+# ----------------------------------------------------------------------------- tensorflow-datasets
+
+
+def _load_tfds(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    try:
+        tfds = importlib.import_module("tensorflow_datasets")
+    except ImportError as e:
+        raise DataError(
+            f'dataset "tfds:{name}" needs tensorflow-datasets: pip install "tfmagic[tfds]"'
+        ) from e
+    try:
+        builder = tfds.builder(name)
+        builder.download_and_prepare()
+    except Exception as e:
+        raise DataError(f'tfds dataset "{name}" could not be loaded: {e}') from e
+    info = builder.info
+    missing = [split for split in ("train", "test") if split not in info.splits]
+    if missing:
+        raise DataError(
+            f'tfds dataset "{name}" has no {" or ".join(missing)} split '
+            f"(it has {', '.join(sorted(info.splits))})"
+        )
+    if not info.supervised_keys or len(info.supervised_keys) != 2:
+        raise DataError(f'tfds dataset "{name}" has no (image, label) supervised keys')
+    image_key, label_key = info.supervised_keys
+    shape = tuple(info.features[image_key].shape)
+    label_feature = info.features[label_key]
+    num_classes = getattr(label_feature, "num_classes", None)
+    if len(shape) != 3 or None in shape or num_classes is None:
+        raise DataError(
+            f'tfds dataset "{name}" is not an image classification dataset of fixed-size '
+            f"images (image shape {shape}, label {type(label_feature).__name__})"
+        )
+    count = info.splits["train"].num_examples + info.splits["test"].num_examples
+    if count * int(np.prod(shape)) > _MAX_IN_MEMORY_BYTES:
+        raise DataError(
+            f'tfds dataset "{name}" ({count} images of shape {shape}) does not fit in memory '
+            "(2 GiB)"
+        )
+    arrays = []
+    for split in ("train", "test"):
+        images, labels = tfds.as_numpy(
+            builder.as_dataset(split=split, as_supervised=True, batch_size=-1)
+        )
+        if images.dtype != np.uint8:
+            raise DataError(f'tfds dataset "{name}" images are {images.dtype}, expected uint8')
+        arrays += [images, labels.astype(np.int32)]
+    names = getattr(label_feature, "names", None) or [str(i) for i in range(num_classes)]
+    return arrays[0], arrays[1], arrays[2], arrays[3], tuple(names)
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def _allocate(n: int, counts: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Per-class numbers summing to ``n``, each within ``[low, high]`` and as close as possible to
+    the proportional quota ``n * counts / counts.sum()`` (ties go to the lower class index).
+    Callers ensure ``low.sum() <= n <= high.sum()``."""
+    quota = n * counts / counts.sum()
+    alloc = np.clip(np.floor(quota).astype(np.int64), low, high)
+    while alloc.sum() < n:
+        alloc[np.argmax(np.where(alloc < high, quota - alloc, -np.inf))] += 1
+    while alloc.sum() > n:
+        alloc[np.argmax(np.where(alloc > low, alloc - quota, -np.inf))] -= 1
+    return alloc
+
+
+def _pick(labels: np.ndarray, per_class: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == k))[:count]
+        for k, count in enumerate(per_class)
+        if count
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def _stratified_subset(
+    labels: np.ndarray, num_classes: int, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of ``n`` examples, class proportions preserved, every present class kept."""
+    available = np.bincount(labels, minlength=num_classes)
+    present = (available > 0).astype(np.int64)
+    per_class = _allocate(n, available, present, available)
+    return _pick(labels, per_class, rng)
+
+
+def _stratified_holdout(
+    labels: np.ndarray, num_classes: int, fraction: float, rng: np.random.Generator, what: str
+) -> np.ndarray:
+    """Indices of a stratified ``fraction`` of the examples; every class keeps one example."""
+    available = np.bincount(labels, minlength=num_classes)
+    n = int(round(fraction * len(labels)))
+    keep = np.maximum(available - 1, 0)
+    if n == 0 or n > keep.sum():
+        raise DataError(
+            f"{what}: a fraction of {fraction:g} of {len(labels)} images is {n} images; "
+            "use more images or a different fraction"
+        )
+    per_class = _allocate(n, available, np.zeros(num_classes, np.int64), keep)
+    return _pick(labels, per_class, rng)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std (0..255 scale) from per-channel histograms."""
+    values = np.arange(256, dtype=np.float64)
+    means, stds = [], []
+    for c in range(images.shape[-1]):
+        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+        total = hist.sum()
+        mean = float((hist * values).sum() / total)
+        var = float((hist * (values - mean) ** 2).sum() / total)
+        means.append(mean)
+        stds.append(float(np.sqrt(var)) if var > 0 else 1.0)
+    return tuple(means), tuple(stds)
+
+
+def _pipeline(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    size: tuple[int, int],
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    seed: int,
+    train: bool,
+    augment: Callable | None,
+) -> tf.data.Dataset:
+    mean_t = tf.constant(mean, dtype=tf.float32)
+    std_t = tf.constant(std, dtype=tf.float32)
+    resize = tuple(images.shape[1:3]) != size
+    tile = images.shape[-1] != channels
+
+    def prepare(x, y):
+        x = tf.cast(x, tf.float32)
+        if tile:
+            x = tf.tile(x, [1, 1, 1, channels])
+        if resize:
+            x = tf.image.resize(x, size, method="bilinear")
+        if train and augment is not None:
+            x, y = augment(x, y)
+            x = tf.cast(x, tf.float32)
+        return (x - mean_t) / std_t, y
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    if train:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=False)
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+def check_dataset_name(dataset: str) -> None:
+    """Check a dataset spec without loading any data.
+
+    Accepted: ``"fashion_mnist"``, ``"folder:PATH"`` (an existing directory) and
+    ``"tfds:NAME"`` (a nonempty name).
+
+    Raises:
+        DataError: the spec is malformed, naming the value and the accepted forms.
+    """
+    forms = ", ".join(DATASET_FORMS)
+    if not isinstance(dataset, str):
+        raise DataError(f"dataset must be a string ({forms}), got {dataset!r}")
+    if dataset == "fashion_mnist":
+        return
+    kind, sep, rest = dataset.partition(":")
+    if sep and kind == "folder":
+        if not rest:
+            raise DataError(f'dataset "{dataset}": folder: needs a directory path')
+        if not os.path.isdir(os.path.expanduser(rest)):
+            raise DataError(f'dataset "{dataset}": {rest} is not an existing directory')
+        return
+    if sep and kind == "tfds":
+        if not rest.strip():
+            raise DataError(f'dataset "{dataset}": tfds: needs a dataset name, e.g. "tfds:mnist"')
+        return
+    raise DataError(f"dataset {dataset!r} is not recognized; accepted forms: {forms}")
+
+
+def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise DataError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_arguments(
+    batch_size, seed, train_subset, validation_fraction, image_size, channels, augment,
+    eval_batch_size,
+) -> None:
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0)
+    _check_int("train_subset", train_subset, 1, optional=True)
+    _check_int("image_size", image_size, 1, optional=True)
+    _check_int("eval_batch_size", eval_batch_size, 1, optional=True)
+    if (
+        isinstance(validation_fraction, bool)
+        or not isinstance(validation_fraction, numbers.Real)
+        or not 0 <= validation_fraction < 1
+    ):
+        raise DataError(
+            f"validation_fraction must be a number with 0 <= fraction < 1, "
+            f"got {validation_fraction!r}"
+        )
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
+    if augment is not None and not callable(augment):
+        raise DataError(f"augment must be a callable (images, labels) -> (images, labels), "
+                        f"got {augment!r}")
+
+
+def load(
+    dataset: str,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    train_subset: int | None = None,
+    validation_fraction: float = 0.1,
+    image_size: int | None = None,
+    channels: int | None = None,
+    augment: Callable | None = None,
+    eval_batch_size: int | None = None,
+) -> DataSplits:
+    """Load a dataset and build its train / validation / test pipelines.
+
+    Args:
+        dataset: ``"fashion_mnist"``, ``"folder:PATH"`` or ``"tfds:NAME"``. A folder holds one
+            sub-folder per class, or ``train/`` and ``test/`` sub-folders that each do; without
+            them a stratified 1/6 of the images, the same for every ``seed``, is the test set.
+            Folder images are decoded once and resized at load time to ``image_size`` (when
+            None, to the size of the first image in sorted order), three channels.
+        batch_size: training batch size (the last batch may be smaller).
+        seed: seeds the subset, the validation hold-out and the per-epoch shuffle.
+        train_subset: use only this many training images, chosen stratified (class
+            proportions kept, every class present) before the validation hold-out.
+        validation_fraction: stratified fraction of the training images held out for
+            validation, 0 <= fraction < 1; 0 means ``validation`` is None.
+        image_size: resize images to ``(image_size, image_size)`` (bilinear) in the pipeline.
+        channels: 1 or 3; grayscale is tiled to 3 channels. None keeps the dataset's channels.
+        augment: ``(images, labels) -> (images, labels)`` applied to training batches only:
+            float32 images in 0..255 after resizing, int32 labels; it may return other labels
+            (e.g. soft one-hot). Runs inside the tf.data graph.
+        eval_batch_size: batch size of validation and test (default ``batch_size``).
+
+    Returns:
+        DataSplits. Images are normalized ``(x - mean) / std`` per channel with statistics of
+        the training split (0..255 scale).
+
+    Raises:
+        DataError: a bad argument (named in the message) or a dataset that cannot be loaded.
+    """
+    check_dataset_name(dataset)
+    _check_arguments(
+        batch_size, seed, train_subset, validation_fraction, image_size, channels, augment,
+        eval_batch_size,
+    )
+    if dataset == "fashion_mnist":
+        (x_train, y_train), (x_test, y_test) = fashion_mnist()
+        class_names = FASHION_MNIST_CLASSES
+    elif dataset.startswith("folder:"):
+        x_train, y_train, x_test, y_test, class_names = _load_folder(
+            dataset.partition(":")[2], image_size
+        )
+    else:
+        x_train, y_train, x_test, y_test, class_names = _load_tfds(dataset.partition(":")[2])
+    num_classes = len(class_names)
+
+    source_channels = x_train.shape[-1]
+    target_channels = source_channels if channels is None else channels
+    if (source_channels, target_channels) not in ((1, 1), (1, 3), (3, 3)):
+        raise DataError(
+            f"channels={channels} is not supported for {dataset} ({source_channels}-channel "
+            "images): grayscale can become 3 channels, colour cannot become 1"
+        )
+
+    if train_subset is not None:
+        available = len(y_train)
+        present = int(np.count_nonzero(np.bincount(y_train, minlength=num_classes)))
+        if not present <= train_subset <= available:
+            raise DataError(
+                f"train_subset={train_subset} must be between {present} (one image per class) "
+                f"and {available} (training images of {dataset})"
+            )
+        rng = np.random.default_rng((seed, _SUBSET_STREAM))
+        keep = _stratified_subset(y_train, num_classes, train_subset, rng)
+        x_train, y_train = x_train[keep], y_train[keep]
+
+    x_val = y_val = None
+    if validation_fraction > 0:
+        rng = np.random.default_rng((seed, _VALIDATION_STREAM))
+        val_idx = _stratified_holdout(
+            y_train, num_classes, float(validation_fraction), rng,
+            f"validation_fraction for {dataset}",
+        )
+        train_mask = np.ones(len(y_train), dtype=bool)
+        train_mask[val_idx] = False
+        x_val, y_val = x_train[val_idx], y_train[val_idx]
+        x_train, y_train = x_train[train_mask], y_train[train_mask]
+
+    mean, std = _channel_stats(x_train)
+    if target_channels != source_channels:
+        mean, std = mean * target_channels, std * target_channels
+    size = (image_size, image_size) if image_size else tuple(x_train.shape[1:3])
+    common = {"size": size, "channels": target_channels, "mean": mean, "std": std, "seed": seed}
+    eval_batch = eval_batch_size or batch_size
+    train = _pipeline(
+        x_train, y_train, batch_size=batch_size, train=True, augment=augment, **common
+    )
+    validation = None
+    if x_val is not None:
+        validation = _pipeline(
+            x_val, y_val, batch_size=eval_batch, train=False, augment=None, **common
+        )
+    test = _pipeline(x_test, y_test, batch_size=eval_batch, train=False, augment=None, **common)
+    return DataSplits(
+        train=train,
+        validation=validation,
+        test=test,
+        num_classes=num_classes,
+        input_shape=(size[0], size[1], target_channels),
+        train_size=len(y_train),
+        validation_size=0 if y_val is None else len(y_val),
+        test_size=len(y_test),
+        class_names=tuple(class_names),
+        mean=mean,
+        std=std,
+    )

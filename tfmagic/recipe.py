@@ -1,0 +1,239 @@
+"""One training configuration: every knob of a run, with the recommended default.
+
+`Recipe` is the single source of truth for configuration. The absl flags of the
+`tfmagic-train` binary are generated from its fields (name, type, help, allowed values),
+flagfiles are written from it, and a checklist trial is
+`dataclasses.replace(baseline, **change)`.
+
+Every field is validated when a Recipe is made, so a bad value fails at once with a
+message that names the field, the value and what is allowed, before any data is read
+or any output directory is created:
+
+>>> Recipe(lr=-1.0)
+Traceback (most recent call last):
+...
+tfmagic.recipe.RecipeError: lr=-1.0 is not allowed: must be > 0
+"""
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from absl import flags
+
+from tfmagic import data, models
+
+
+class RecipeError(ValueError):
+    """A Recipe field holds a value that is not allowed."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+
+
+def _knob(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    allowed: str = "",
+) -> Any:
+    """A Recipe field with the metadata that flags and validation are made from."""
+    return dataclasses.field(
+        default=default,
+        metadata={"help": help, "choices": choices, "check": check, "allowed": allowed},
+    )
+
+
+def _check_dataset(value: str) -> bool:
+    data.check_dataset_name(value)
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Every knob of one training run; the defaults are the recommended baseline.
+
+    Zero means "automatic" for `train_subset` (all images), `image_size` (the dataset's
+    own size) and `num_classes` (inferred from the data).
+
+    Example:
+
+    >>> quick = Recipe(train_subset=2000, epochs=2, output_dir="runs/quick")
+    >>> dataclasses.replace(quick, lr=0.05).lr
+    0.05
+    """
+
+    dataset: str = _knob(
+        "fashion_mnist",
+        "Dataset: 'fashion_mnist', 'folder:PATH' (one sub-folder per class) or 'tfds:NAME'.",
+        check=_check_dataset,
+        allowed="'fashion_mnist', 'folder:PATH' with an existing PATH, or 'tfds:NAME'",
+    )
+    train_subset: int = _knob(
+        0,
+        "Train on this many images (stratified, deterministic per seed); 0 = all.",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0 (0 = all images)",
+    )
+    validation_fraction: float = _knob(
+        0.1,
+        "Fraction of the training images held out (stratified) for validation.",
+        check=lambda v: 0.0 <= v < 1.0,
+        allowed="must be in [0, 1)",
+    )
+    image_size: int = _knob(
+        0,
+        "Resize images to this many pixels per side; 0 = the dataset's own size.",
+        check=lambda v: v == 0 or v >= 28,
+        allowed="must be 0 (native size) or >= 28",
+    )
+    batch_size: int = _knob(
+        128, "Global training batch size.", check=lambda v: v >= 1, allowed="must be >= 1"
+    )
+    epochs: int = _knob(
+        30, "Number of training epochs.", check=lambda v: v >= 1, allowed="must be >= 1"
+    )
+    model: str = _knob("resnet20", "Backbone architecture.", choices=models.MODEL_NAMES)
+    width: float = _knob(
+        1.0,
+        "Width multiplier of the backbone's channel counts.",
+        check=lambda v: 0.0 < v <= 8.0,
+        allowed="must be in (0, 8]",
+    )
+    downscale_activation: str = _knob(
+        "leaky_relu",
+        "Activation after the stride-2 downscaling layers (stem and stage transitions).",
+        choices=models.DOWNSCALE_ACTIVATIONS,
+    )
+    num_classes: int = _knob(
+        0,
+        "Number of classes; 0 = inferred from the data.",
+        check=lambda v: v == 0 or v >= 2,
+        allowed="must be 0 (infer) or >= 2",
+    )
+    lr: float = _knob(
+        0.1, "Peak learning rate.", check=lambda v: v > 0, allowed="must be > 0"
+    )
+    momentum: float = _knob(
+        0.9,
+        "Momentum of SGD (Nesterov).",
+        check=lambda v: 0.0 <= v < 1.0,
+        allowed="must be in [0, 1)",
+    )
+    seed: int = _knob(
+        0, "Seed of data order, splits and initialization.", check=lambda v: v >= 0,
+        allowed="must be >= 0",
+    )
+    output_dir: str = _knob(
+        "runs/default",
+        "Directory that receives result.json, history.csv, model.keras and recipe.cfg.",
+        check=lambda v: bool(v.strip()),
+        allowed="must be a non-empty path",
+    )
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            value = _coerce(field, value)
+            object.__setattr__(self, field.name, value)
+            meta = field.metadata
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise RecipeError(field.name, value, f"must be one of {', '.join(meta['choices'])}")
+            if meta["check"] is not None:
+                try:
+                    ok = meta["check"](value)
+                except data.DataError as error:
+                    raise RecipeError(field.name, value, str(error)) from None
+                if not ok:
+                    raise RecipeError(field.name, value, meta["allowed"])
+
+    def to_flags(self) -> list[str]:
+        """The command-line flags that reproduce this recipe, one per field."""
+        return [_format_flag(field.name, getattr(self, field.name)) for field in fields()]
+
+    def to_flagfile(self, path: str | os.PathLike) -> None:
+        """Write a flagfile that `tfmagic-train --flagfile=PATH` turns back into this recipe.
+
+        The file is written atomically: a reader sees the old file or the new one, never
+        half of one.
+        """
+        text = "# tfmagic recipe: tfmagic-train --flagfile=THIS_FILE reproduces the run.\n"
+        text += "\n".join(self.to_flags()) + "\n"
+        write_atomic(path, text)
+
+    @classmethod
+    def from_flagfile(cls, path: str | os.PathLike) -> "Recipe":
+        """Read a flagfile written by `to_flagfile` (or by hand) into a Recipe."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"flagfile {os.fspath(path)!r} does not exist")
+        values = flags.FlagValues()
+        define_flags(values)
+        values(["recipe", f"--flagfile={os.fspath(path)}"])
+        return from_flags(values)
+
+
+def fields() -> tuple[dataclasses.Field, ...]:
+    """The Recipe's fields, in declaration order."""
+    return dataclasses.fields(Recipe)
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    kind = field.type
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RecipeError(field.name, value, f"must be of type {kind.__name__}")
+    return value
+
+
+def _format_flag(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no{name}"
+    return f"--{name}={value}"
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define one absl flag per Recipe field (type, default, help and allowed values)."""
+    for field in fields():
+        meta = field.metadata
+        help_text = meta["help"] + (f" ({meta['allowed']})" if meta["allowed"] else "")
+        kind = field.type
+        if meta["choices"] is not None:
+            flags.DEFINE_enum(field.name, field.default, list(meta["choices"]), meta["help"],
+                              flag_values=flag_values)
+        elif kind is bool:
+            flags.DEFINE_bool(field.name, field.default, help_text, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(field.name, field.default, help_text, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(field.name, field.default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(field.name, field.default, help_text, flag_values=flag_values)
+
+
+def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Recipe:
+    """The Recipe that parsed flags describe (raises RecipeError for a bad value)."""
+    return Recipe(**{field.name: flag_values[field.name].value for field in fields()})
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text to path through a temporary file in the same directory and a rename."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,320 @@
+"""`train(recipe)`: the one place that assembles a run.
+
+A run reads its data, builds the backbone, the optimizer and the loss, trains with
+`model.fit`, evaluates on the test split and leaves in `recipe.output_dir`:
+
+- `recipe.cfg`: the flagfile of the run (written first; `tfmagic-train --flagfile` repeats it);
+- `history.csv`: one row per epoch (loss, accuracy, validation metrics, `epoch_time_s`,
+  `train_images_per_s`);
+- `tensorboard/`: the same curves for TensorBoard;
+- `model.keras`: the trained model (reloads with `keras.saving.load_model`);
+- `result.json`: the outcome, written last and atomically. Its presence marks a finished run.
+
+A run that is killed continues where it stopped when it is started again with the same
+recipe (the last finished epoch is restored from `backup/`). A finished run is never
+overwritten unless `overwrite=True`. A run whose loss becomes NaN or infinite stops and
+ends with `"status": "diverged"` in result.json instead of raising.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tfmagic
+from tfmagic import data, models
+from tfmagic.recipe import Recipe, RecipeError, write_atomic
+
+RESULT_FILE = "result.json"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+RECIPE_FILE = "recipe.cfg"
+BACKUP_DIR = "backup"
+TENSORBOARD_DIR = "tensorboard"
+_RUN_FILES = (RESULT_FILE, HISTORY_FILE, MODEL_FILE, RECIPE_FILE, BACKUP_DIR, TENSORBOARD_DIR)
+
+
+class RunExistsError(RuntimeError):
+    """The output directory holds a run that this call must not continue or replace."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """The outcome of `train`, as written to result.json.
+
+    `train_images_per_s` is the training throughput of the epochs after the first (the
+    first one includes tracing); with a single epoch, that epoch's. `wall_time_s` counts
+    every epoch, also those of an earlier, interrupted invocation, plus this invocation's
+    setup and evaluation. `resumed_from_epoch` is 0 for a run that started from scratch.
+    """
+
+    status: str
+    output_dir: str
+    test_accuracy: float | None
+    test_loss: float | None
+    best_val_accuracy: float | None
+    epochs_run: int
+    wall_time_s: float
+    train_images_per_s: float | None
+    params: int
+    resumed_from_epoch: int
+    recipe: Recipe
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: the recipe as a dict of fields, non-finite numbers as null."""
+        out = {f.name: _finite_or_none(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["recipe"] = dataclasses.asdict(self.recipe)
+        out["versions"] = {
+            "tfmagic": tfmagic.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        }
+        return out
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_result(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The content of a run's result.json, or None when the run has not finished."""
+    path = os.path.join(output_dir, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Adds `epoch_time_s` and `train_images_per_s` to each epoch's logs.
+
+    Only epoch and test hooks are used, so the compiled train loop runs undisturbed. The
+    training time of an epoch ends where its validation begins.
+    """
+
+    def __init__(self, train_images: int):
+        super().__init__()
+        self.train_images = train_images
+        self.first_epoch: int | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        self._start = time.perf_counter()
+        self._train_end = None
+
+    def on_test_begin(self, logs=None):
+        if getattr(self, "_start", None) is not None and self._train_end is None:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        train_time = (self._train_end or now) - self._start
+        logs["epoch_time_s"] = now - self._start
+        logs["train_images_per_s"] = self.train_images / train_time
+
+
+class _DivergenceWatch(keras.callbacks.TerminateOnNaN):
+    """TerminateOnNaN that also remembers where the loss stopped being finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = False
+
+    def on_batch_end(self, batch, logs=None):
+        super().on_batch_end(batch, logs)
+        if self.model.stop_training:
+            self.diverged = True
+
+
+def train(
+    recipe: Recipe,
+    *,
+    overwrite: bool = False,
+    verbose: int | str = "auto",
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TrainResult:
+    """Train `recipe` and write its results into `recipe.output_dir`.
+
+    Args:
+        recipe: the configuration of the run.
+        overwrite: replace a finished run (or an unfinished run of another recipe) in
+            `output_dir` instead of refusing.
+        verbose: Keras' verbosity: 1 a progress bar per epoch, 2 a line per epoch, 0
+            silent; "auto" is 1 on a terminal and 2 otherwise.
+        callbacks: extra Keras callbacks, run after tfmagic's own.
+
+    Returns:
+        The TrainResult that was also written to `output_dir/result.json`.
+
+    Raises:
+        RunExistsError: `output_dir` holds a finished run, or an unfinished run of a
+            different recipe, and `overwrite` is False.
+        RecipeError, data.DataError: the recipe does not fit the data.
+
+    Example:
+
+    >>> result = train(Recipe(train_subset=2000, epochs=2, output_dir="/tmp/quick"))
+    >>> result.test_accuracy > 0.7
+    True
+    """
+    started = time.perf_counter()
+    _check_output_dir(recipe, overwrite)
+    keras.utils.set_random_seed(recipe.seed)
+    splits = data.load(
+        recipe.dataset,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        train_subset=recipe.train_subset or None,
+        validation_fraction=recipe.validation_fraction,
+        image_size=recipe.image_size or None,
+    )
+    num_classes = recipe.num_classes or splits.num_classes
+    if num_classes < splits.num_classes:
+        raise RecipeError(
+            "num_classes", recipe.num_classes, f"the data has {splits.num_classes} classes"
+        )
+    model = models.build_model(
+        recipe.model,
+        splits.input_shape,
+        num_classes,
+        width=recipe.width,
+        downscale_activation=recipe.downscale_activation,
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate=recipe.lr, momentum=recipe.momentum, nesterov=True
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+    out = recipe.output_dir
+    os.makedirs(out, exist_ok=True)
+    recipe.to_flagfile(os.path.join(out, RECIPE_FILE))
+    clock = _EpochClock(splits.train_size)
+    watch = _DivergenceWatch()
+    model.fit(
+        splits.train,
+        validation_data=splits.validation,
+        epochs=recipe.epochs,
+        shuffle=False,
+        verbose=_verbosity(verbose),
+        callbacks=[
+            keras.callbacks.BackupAndRestore(
+                os.path.join(out, BACKUP_DIR), delete_checkpoint=False
+            ),
+            watch,
+            clock,
+            keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
+            keras.callbacks.TensorBoard(
+                os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0
+            ),
+            *(callbacks or []),
+        ],
+    )
+    history = _tidy_history(os.path.join(out, HISTORY_FILE))
+    resumed_from = recipe.epochs if clock.first_epoch is None else clock.first_epoch
+
+    test_loss = test_accuracy = None
+    if not watch.diverged:
+        _save_model_atomic(model, os.path.join(out, MODEL_FILE))
+        test_loss, test_accuracy = (
+            float(v) for v in model.evaluate(splits.test, verbose=0, return_dict=False)
+        )
+    earlier_epochs = sum(row["epoch_time_s"] for row in history if row["epoch"] < resumed_from)
+    val_accuracies = [row["val_accuracy"] for row in history if "val_accuracy" in row]
+    speeds = [row["train_images_per_s"] for row in history]
+    result = TrainResult(
+        status="diverged" if watch.diverged else "completed",
+        output_dir=os.path.abspath(out),
+        test_accuracy=test_accuracy,
+        test_loss=test_loss,
+        best_val_accuracy=max(val_accuracies) if val_accuracies else None,
+        epochs_run=len(history),
+        wall_time_s=earlier_epochs + time.perf_counter() - started,
+        train_images_per_s=float(np.mean(speeds[1:] or speeds)) if speeds else None,
+        params=model.count_params(),
+        resumed_from_epoch=resumed_from,
+        recipe=recipe,
+    )
+    write_atomic(os.path.join(out, RESULT_FILE), json.dumps(result.to_json(), indent=2) + "\n")
+    shutil.rmtree(os.path.join(out, BACKUP_DIR), ignore_errors=True)
+    return result
+
+
+def _verbosity(verbose: int | str) -> int:
+    if verbose == "auto":
+        return 1 if os.isatty(1) else 2
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose={verbose!r} is not allowed: must be 0, 1, 2 or 'auto'")
+    return verbose
+
+
+def _check_output_dir(recipe: Recipe, overwrite: bool) -> None:
+    """Refuse to clobber a run; clear it when `overwrite`; otherwise allow a resume."""
+    out = recipe.output_dir
+    if not os.path.isdir(out):
+        if os.path.exists(out):
+            raise RunExistsError(f"output_dir={out!r} exists and is not a directory")
+        return
+    conflict = None
+    if os.path.exists(os.path.join(out, RESULT_FILE)):
+        conflict = f"output_dir={out!r} holds a finished run ({RESULT_FILE})"
+    elif os.path.exists(os.path.join(out, RECIPE_FILE)):
+        previous = Recipe.from_flagfile(os.path.join(out, RECIPE_FILE))
+        changed = [
+            f.name
+            for f in dataclasses.fields(Recipe)
+            if f.name != "output_dir" and getattr(previous, f.name) != getattr(recipe, f.name)
+        ]
+        if changed:
+            conflict = (
+                f"output_dir={out!r} holds an unfinished run of a different recipe "
+                f"(changed: {', '.join(changed)})"
+            )
+    if conflict is None:
+        return
+    if not overwrite:
+        raise RunExistsError(
+            f"{conflict}; pass overwrite=True (--overwrite) to replace it, "
+            "or choose another output_dir"
+        )
+    for name in _RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _tidy_history(path: str) -> list[dict[str, float]]:
+    """Keep the last row of each epoch (a killed run may have logged an epoch twice)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = {int(row["epoch"]): row for row in reader}
+    ordered = [rows[epoch] for epoch in sorted(rows)]
+    lines = [",".join(columns)] + [",".join(row[c] for c in columns) for row in ordered]
+    write_atomic(path, "\n".join(lines) + "\n")
+    return [{c: float(row[c]) for c in columns if row[c] != ""} for row in ordered]
+
+
+def _save_model_atomic(model: keras.Model, path: str) -> None:
+    partial = os.path.join(os.path.dirname(path), ".partial-" + os.path.basename(path))
+    model.save(partial)
+    os.replace(partial, path)
