@@ -1,6 +1,7 @@
 """tfmagic-train: flags, usage errors that create nothing, help, re-runs of a finished run."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from test_recipe import BAD_VALUES
 from tfmagic.cli import train as cli
 from tfmagic.recipe import fields
 
-BINARY = shutil.which("tfmagic-train")
+BINARY = shutil.which("tfmagic-train", path=os.path.dirname(sys.executable)) or shutil.which(
+    "tfmagic-train"
+)
 
 
 def _run_in_process(argv, capsys):
@@ -77,3 +80,15 @@ def test_binary_trains_then_refuses_a_finished_run(tmp_path):
     third = _run_binary(f"--flagfile={flagfile}", "--overwrite", "--epochs=2", cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 2
+
+
+def test_plot_schedules_only_writes_the_plot_and_does_not_train(tmp_path, capsys):
+    out = tmp_path / "plot"
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as caught:
+        app.run(cli.main, argv=["tfmagic-train", "--plot_schedules_only", "--train_subset=1000",
+                                "--epochs=4", f"--output_dir={out}"])
+    flags.FLAGS.unparse_flags()
+    assert caught.value.code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["schedules.png"]
+    assert f"-> {out / 'schedules.png'}" in capsys.readouterr().out
