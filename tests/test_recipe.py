@@ -27,6 +27,22 @@ BAD_VALUES = [
     ("lr", 0.0, "> 0"),
     ("lr", -1.0, "> 0"),
     ("momentum", 1.0, "[0, 1)"),
+    ("lr_schedule", "onecycle", "cosine_power_cycles, cosine, gamma"),
+    ("lr_power", 0.0, "> 0"),
+    ("lr_cycles", 0, ">= 1"),
+    ("lr_cycle_decay", 0.0, "(0, 1]"),
+    ("lr_cycle_decay", 1.5, "(0, 1]"),
+    ("warmup_epochs", -1.0, ">= 0"),
+    ("warmup_epochs", 30.0, "< epochs (30)"),
+    ("min_lr", -1e-4, ">= 0"),
+    ("min_lr", 0.5, "<= lr (0.1)"),
+    ("optimizer", "rmsprop", "sgd_nesterov, sgd, adam, adamw"),
+    ("weight_decay", -1e-4, ">= 0"),
+    ("weight_decay_mode", "l1", "l2, decoupled"),
+    ("weight_decay_schedule", "cosine", "constant, linear, cycles, lr"),
+    ("weight_decay_end", -1.0, ">= 0"),
+    ("label_smoothing", 1.0, "[0, 1)"),
+    ("label_smoothing_convention", "torch", "article, keras"),
     ("seed", -3, ">= 0"),
     ("output_dir", " ", "non-empty"),
     ("epochs", 2.5, "type int"),
@@ -57,6 +73,11 @@ def test_every_checked_field_has_a_bad_value_row():
     assert checked == {row[0] for row in BAD_VALUES}
 
 
+def test_final_weight_decay_defaults_to_twice_the_start():
+    assert Recipe(weight_decay=3e-4).final_weight_decay == pytest.approx(6e-4)
+    assert Recipe(weight_decay=3e-4, weight_decay_end=1e-3).final_weight_decay == 1e-3
+
+
 def test_replace_validates_again():
     with pytest.raises(RecipeError, match="epochs=0"):
         dataclasses.replace(Recipe(), epochs=0)
@@ -85,7 +106,11 @@ def test_flagfile_round_trip(tmp_path):
     recipe = Recipe(
         train_subset=1234, validation_fraction=0.2, image_size=32, batch_size=64, epochs=3,
         model="mobilenet_small", width=0.5, downscale_activation="swish", num_classes=10,
-        lr=0.05, momentum=0.8, seed=7, output_dir=str(tmp_path / "out"),
+        lr_schedule="gamma", lr=0.05, lr_power=4.0, lr_cycles=3, lr_cycle_decay=0.7,
+        warmup_epochs=0.5, min_lr=1e-4, optimizer="adamw", momentum=0.8, weight_decay=1e-3,
+        weight_decay_mode="decoupled", weight_decay_schedule="cycles", weight_decay_end=4e-3,
+        label_smoothing=0.2, label_smoothing_convention="keras", seed=7,
+        output_dir=str(tmp_path / "out"),
     )
     path = tmp_path / "recipe.cfg"
     recipe.to_flagfile(path)

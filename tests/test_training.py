@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 
 import keras
@@ -10,7 +11,7 @@ import pytest
 
 from tfmagic import data
 from tfmagic.recipe import Recipe
-from tfmagic.training import RunExistsError, train
+from tfmagic.training import RunExistsError, build_schedules, train
 
 QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, width=0.5, lr=0.05, seed=3)
 
@@ -55,7 +56,8 @@ def test_short_run_learns_far_above_chance(finished_run):
 def test_output_files_hold_the_documented_content(finished_run):
     recipe, result, out = finished_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "history.csv", "model.keras", "recipe.cfg", "result.json", "tensorboard",
+        "history.csv", "model.keras", "recipe.cfg", "result.json", "schedules.png",
+        "tensorboard",
     ]
     saved = json.loads((out / "result.json").read_text())
     assert saved["status"] == "completed"
@@ -72,6 +74,12 @@ def test_output_files_hold_the_documented_content(finished_run):
                    "train_images_per_s"):
         assert all(float(r[column]) > 0 for r in rows), column
     assert saved["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows))
+    steps_per_epoch = math.ceil(2700 / recipe.batch_size)
+    lr, wd = build_schedules(recipe, steps_per_epoch)
+    for epoch, row in enumerate(rows):
+        end = (epoch + 1) * steps_per_epoch
+        assert float(row["learning_rate"]) == pytest.approx(float(lr(end)), rel=1e-5, abs=1e-9)
+        assert float(row["weight_decay"]) == pytest.approx(recipe.weight_decay)
 
     assert Recipe.from_flagfile(out / "recipe.cfg") == recipe
 
@@ -142,3 +150,41 @@ def test_per_epoch_throughput_is_consistent_with_epoch_time(finished_run):
         train_seconds = 2700 / float(row["train_images_per_s"])
         assert 0 < train_seconds <= float(row["epoch_time_s"]) + 1e-6
     assert np.isfinite([float(r["loss"]) for r in _history(out)]).all()
+
+
+@pytest.mark.parametrize("change", [
+    dict(lr_schedule="gamma"),
+    dict(lr_schedule="cosine"),
+    dict(optimizer="sgd"),
+    dict(optimizer="adam", lr=2e-3),
+    dict(optimizer="adamw", lr=2e-3, weight_decay=0.05),
+    dict(weight_decay_schedule="cycles", lr_cycles=3, weight_decay_mode="decoupled",
+         weight_decay=5e-3),
+])
+def test_each_lr_regime_and_optimizer_learns(change, tmp_path):
+    recipe = Recipe(epochs=2, warmup_epochs=0.5, output_dir=str(tmp_path / "run"),
+                    **{**QUICK, **change})
+    result = train(recipe, verbose=0)
+    assert result.status == "completed"
+    assert result.test_accuracy > 0.6, change
+    rows = _history(tmp_path / "run")
+    assert float(rows[-1]["learning_rate"]) < recipe.lr
+
+
+def test_weight_decay_schedule_is_logged_per_epoch(tmp_path):
+    recipe = Recipe(epochs=3, warmup_epochs=0.5, weight_decay_schedule="linear",
+                    weight_decay=1e-4, weight_decay_end=7e-4,
+                    output_dir=str(tmp_path / "run"), **{**QUICK, "train_subset": 1000})
+    train(recipe, verbose=0)
+    logged = [float(r["weight_decay"]) for r in _history(tmp_path / "run")]
+    np.testing.assert_allclose(logged, [3e-4, 5e-4, 7e-4], rtol=1e-4)
+
+
+def test_schedule_that_cannot_fit_the_steps_is_a_recipe_error(tmp_path):
+    from tfmagic.recipe import RecipeError
+
+    recipe = Recipe(epochs=1, warmup_epochs=0.6, lr_schedule="gamma",
+                    output_dir=str(tmp_path / "x"), **QUICK)
+    with pytest.raises(RecipeError, match="lr_schedule='gamma'.*milestones"):
+        train(recipe, verbose=0)
+    assert not (tmp_path / "x").exists()

@@ -23,7 +23,9 @@ from typing import Any
 
 from absl import flags
 
-from tfmagic import data, models
+from tfmagic import data, losses, models, optimizers, schedules
+
+LR_SCHEDULES = ("cosine_power_cycles", "cosine", "gamma")
 
 
 class RecipeError(ValueError):
@@ -118,14 +120,84 @@ class Recipe:
         check=lambda v: v == 0 or v >= 2,
         allowed="must be 0 (infer) or >= 2",
     )
+    lr_schedule: str = _knob(
+        "cosine_power_cycles",
+        "Learning-rate regime after the warm-up: cycles of cosine power annealing, plain cosine "
+        "annealing, or gamma (step) decay x0.1 at 50% and 75% of training.",
+        choices=LR_SCHEDULES,
+    )
     lr: float = _knob(
-        0.1, "Peak learning rate.", check=lambda v: v > 0, allowed="must be > 0"
+        0.1, "Peak learning rate (for the global batch).", check=lambda v: v > 0,
+        allowed="must be > 0",
+    )
+    lr_power: float = _knob(
+        2.0,
+        "Power P of cosine power annealing (1 = plain cosine; larger drops faster).",
+        check=lambda v: v > 0,
+        allowed="must be > 0",
+    )
+    lr_cycles: int = _knob(
+        2, "Number of LR cycles of cosine_power_cycles and cosine.", check=lambda v: v >= 1,
+        allowed="must be >= 1",
+    )
+    lr_cycle_decay: float = _knob(
+        0.5,
+        "Each LR cycle's peak as a fraction of the previous one's.",
+        check=lambda v: 0.0 < v <= 1.0,
+        allowed="must be in (0, 1]",
+    )
+    warmup_epochs: float = _knob(
+        0.3,
+        "Epochs of linear LR warm-up from 0 to lr (fractions allowed).",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0 and < epochs",
+    )
+    min_lr: float = _knob(
+        0.0, "Floor that every LR cycle decays to.", check=lambda v: v >= 0,
+        allowed="must be >= 0 and <= lr",
+    )
+    optimizer: str = _knob(
+        "sgd_nesterov", "Optimizer.", choices=optimizers.OPTIMIZER_NAMES
     )
     momentum: float = _knob(
         0.9,
-        "Momentum of SGD (Nesterov).",
+        "Momentum of SGD (sgd_nesterov, sgd).",
         check=lambda v: 0.0 <= v < 1.0,
         allowed="must be in [0, 1)",
+    )
+    weight_decay: float = _knob(
+        5e-4,
+        "Weight decay coefficient (biases and normalization parameters excluded).",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0",
+    )
+    weight_decay_mode: str = _knob(
+        "l2",
+        "l2: wd * w added to the gradient (PyTorch SGD convention); decoupled: "
+        "w -= lr * wd * w (AdamW convention).",
+        choices=optimizers.DECAY_MODES,
+    )
+    weight_decay_schedule: str = _knob(
+        "constant",
+        "Weight decay over training: constant; linear from weight_decay to weight_decay_end; "
+        "cycles: steps up at each LR cycle, reaching weight_decay_end in the last; lr: "
+        "proportional to the learning rate.",
+        choices=schedules.REGULARIZATION_POLICIES,
+    )
+    weight_decay_end: float = _knob(
+        0.0,
+        "Final weight decay of the linear and cycles schedules; 0 = 2 x weight_decay.",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0",
+    )
+    label_smoothing: float = _knob(
+        0.1, "Label smoothing epsilon.", check=lambda v: 0.0 <= v < 1.0,
+        allowed="must be in [0, 1)",
+    )
+    label_smoothing_convention: str = _knob(
+        "article",
+        "article: true class 1-eps, every other eps/(K-1); keras: (1-eps)*y + eps/K.",
+        choices=losses.CONVENTIONS,
     )
     seed: int = _knob(
         0, "Seed of data order, splits and initialization.", check=lambda v: v >= 0,
@@ -153,6 +225,16 @@ class Recipe:
                     raise RecipeError(field.name, value, str(error)) from None
                 if not ok:
                     raise RecipeError(field.name, value, meta["allowed"])
+        if self.warmup_epochs >= self.epochs:
+            raise RecipeError("warmup_epochs", self.warmup_epochs,
+                              f"must be < epochs ({self.epochs})")
+        if self.min_lr > self.lr:
+            raise RecipeError("min_lr", self.min_lr, f"must be <= lr ({self.lr})")
+
+    @property
+    def final_weight_decay(self) -> float:
+        """weight_decay_end, or twice weight_decay when it is 0 (unset)."""
+        return self.weight_decay_end or 2.0 * self.weight_decay
 
     def to_flags(self) -> list[str]:
         """The command-line flags that reproduce this recipe, one per field."""

@@ -4,8 +4,9 @@ A run reads its data, builds the backbone, the optimizer and the loss, trains wi
 `model.fit`, evaluates on the test split and leaves in `recipe.output_dir`:
 
 - `recipe.cfg`: the flagfile of the run (written first; `tfmagic-train --flagfile` repeats it);
-- `history.csv`: one row per epoch (loss, accuracy, validation metrics, `epoch_time_s`,
-  `train_images_per_s`);
+- `schedules.png`: learning rate and weight decay over the planned training;
+- `history.csv`: one row per epoch (loss, accuracy, validation metrics, `learning_rate` and
+  `weight_decay` at the epoch's end, `epoch_time_s`, `train_images_per_s`);
 - `tensorboard/`: the same curves for TensorBoard;
 - `model.keras`: the trained model (reloads with `keras.saving.load_model`);
 - `result.json`: the outcome, written last and atomically. Its presence marks a finished run.
@@ -31,16 +32,26 @@ import numpy as np
 import tensorflow as tf
 
 import tfmagic
-from tfmagic import data, models
+from tfmagic import data, models, plots
+from tfmagic.losses import LabelSmoothingCrossEntropy
+from tfmagic.optimizers import build_optimizer
 from tfmagic.recipe import Recipe, RecipeError, write_atomic
+from tfmagic.schedules import (
+    CosineAnnealing,
+    CosinePowerAnnealing,
+    GammaDecay,
+    RegularizationSchedule,
+)
 
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 RECIPE_FILE = "recipe.cfg"
+SCHEDULES_PLOT = "schedules.png"
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tensorboard"
-_RUN_FILES = (RESULT_FILE, HISTORY_FILE, MODEL_FILE, RECIPE_FILE, BACKUP_DIR, TENSORBOARD_DIR)
+_RUN_FILES = (RESULT_FILE, HISTORY_FILE, MODEL_FILE, RECIPE_FILE, SCHEDULES_PLOT, BACKUP_DIR,
+              TENSORBOARD_DIR)
 
 
 class RunExistsError(RuntimeError):
@@ -126,8 +137,24 @@ class _EpochClock(keras.callbacks.Callback):
         logs["train_images_per_s"] = self.train_images / train_time
 
 
+class _ScheduleLog(keras.callbacks.Callback):
+    """Adds `learning_rate` and `weight_decay` (at the epoch's last step) to epoch logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = float(optimizer.learning_rate)
+        logs["weight_decay"] = float(optimizer.current_weight_decay())
+
+
 class _DivergenceWatch(keras.callbacks.TerminateOnNaN):
-    """TerminateOnNaN that also remembers where the loss stopped being finite."""
+    """TerminateOnNaN that also remembers that the loss stopped being finite.
+
+    Its batch check runs on Keras' callback thread (`async_safe`), so the train loop does
+    not wait for each step's loss; training stops at most a few steps after the first
+    non-finite loss.
+    """
+
+    async_safe = True
 
     def __init__(self):
         super().__init__()
@@ -193,17 +220,27 @@ def train(
         width=recipe.width,
         downscale_activation=recipe.downscale_activation,
     )
+    steps_per_epoch = steps_in_epoch(recipe, splits.train_size)
+    lr_schedule, wd_schedule = build_schedules(recipe, steps_per_epoch)
     model.compile(
-        optimizer=keras.optimizers.SGD(
-            learning_rate=recipe.lr, momentum=recipe.momentum, nesterov=True
+        optimizer=build_optimizer(
+            recipe.optimizer,
+            lr_schedule,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            weight_decay_schedule=wd_schedule,
+            decay_mode=recipe.weight_decay_mode,
         ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=LabelSmoothingCrossEntropy(
+            recipe.label_smoothing, recipe.label_smoothing_convention, from_logits=True
+        ),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
 
     out = recipe.output_dir
     os.makedirs(out, exist_ok=True)
     recipe.to_flagfile(os.path.join(out, RECIPE_FILE))
+    plots.plot_schedules(recipe, os.path.join(out, SCHEDULES_PLOT), steps_per_epoch)
     clock = _EpochClock(splits.train_size)
     watch = _DivergenceWatch()
     model.fit(
@@ -213,15 +250,17 @@ def train(
         shuffle=False,
         verbose=_verbosity(verbose),
         callbacks=[
-            keras.callbacks.BackupAndRestore(
-                os.path.join(out, BACKUP_DIR), delete_checkpoint=False
-            ),
+            _async_safe(keras.callbacks.BackupAndRestore(
+                os.path.join(out, BACKUP_DIR), save_freq="epoch", delete_checkpoint=False
+            )),
             watch,
+            _ScheduleLog(),
             clock,
             keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
-            keras.callbacks.TensorBoard(
-                os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0
-            ),
+            _async_safe(keras.callbacks.TensorBoard(
+                os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0,
+                update_freq="epoch",
+            )),
             *(callbacks or []),
         ],
     )
@@ -253,6 +292,54 @@ def train(
     write_atomic(os.path.join(out, RESULT_FILE), json.dumps(result.to_json(), indent=2) + "\n")
     shutil.rmtree(os.path.join(out, BACKUP_DIR), ignore_errors=True)
     return result
+
+
+def _async_safe(callback: keras.callbacks.Callback) -> keras.callbacks.Callback:
+    """Mark a callback whose batch hooks do nothing in epoch mode as safe to run on Keras'
+    callback thread, so that it does not make the train loop wait for every step."""
+    callback.async_safe = True
+    return callback
+
+
+def steps_in_epoch(recipe: Recipe, train_size: int) -> int:
+    """Optimizer steps per epoch: one per batch, the last one possibly smaller."""
+    return math.ceil(train_size / recipe.batch_size)
+
+
+def build_schedules(
+    recipe: Recipe, steps_per_epoch: int
+) -> tuple[keras.optimizers.schedules.LearningRateSchedule, RegularizationSchedule | None]:
+    """The recipe's LR schedule and weight-decay schedule (None for a constant decay).
+
+    `cosine_power_cycles` uses lr_power, lr_cycles and lr_cycle_decay; `cosine` is one
+    plain cosine decay and `gamma` the classic x0.1 at 50% and 75% of training; all three
+    share the warm-up and (except gamma) the min_lr floor.
+    """
+    total = recipe.epochs * steps_per_epoch
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+    try:
+        if recipe.lr_schedule == "gamma":
+            lr = GammaDecay(recipe.lr, total, warmup_steps=warmup)
+        elif recipe.lr_schedule == "cosine":
+            lr = CosineAnnealing(recipe.lr, total, warmup_steps=warmup, min_lr=recipe.min_lr)
+        else:
+            lr = CosinePowerAnnealing(
+                recipe.lr, total, power=recipe.lr_power, cycles=recipe.lr_cycles,
+                cycle_decay=recipe.lr_cycle_decay, warmup_steps=warmup, min_lr=recipe.min_lr,
+            )
+    except ValueError as error:
+        raise RecipeError("lr_schedule", recipe.lr_schedule,
+                          f"{error} ({total} steps, {warmup} of warm-up)") from None
+    policy = recipe.weight_decay_schedule
+    if policy == "constant":
+        return lr, None
+    end = recipe.final_weight_decay if policy in ("linear", "cycles") else None
+    try:
+        wd = RegularizationSchedule(recipe.weight_decay, policy, end=end, lr_schedule=lr,
+                                    total_steps=total)
+    except ValueError as error:
+        raise RecipeError("weight_decay_schedule", policy, str(error)) from None
+    return lr, wd
 
 
 def _verbosity(verbose: int | str) -> int:
@@ -311,7 +398,7 @@ def _tidy_history(path: str) -> list[dict[str, float]]:
     ordered = [rows[epoch] for epoch in sorted(rows)]
     lines = [",".join(columns)] + [",".join(row[c] for c in columns) for row in ordered]
     write_atomic(path, "\n".join(lines) + "\n")
-    return [{c: float(row[c]) for c in columns if row[c] != ""} for row in ordered]
+    return [{c: float(row[c]) for c in columns if row[c] not in ("", "NA")} for row in ordered]
 
 
 def _save_model_atomic(model: keras.Model, path: str) -> None:

@@ -14,6 +14,7 @@ output directory holds a run that must not be touched; 3 the run diverged (recor
 result.json).
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -22,6 +23,12 @@ from tfmagic import recipe as recipe_lib
 
 FLAGS = flags.FLAGS
 recipe_lib.define_flags(FLAGS)
+flags.DEFINE_bool(
+    "plot_schedules_only",
+    False,
+    "Write OUTPUT_DIR/schedules.png (learning rate and weight decay over training) and exit "
+    "without training.",
+)
 flags.DEFINE_bool(
     "overwrite",
     False,
@@ -54,6 +61,8 @@ def main(argv: list[str]) -> int:
     from tfmagic import data, training
 
     try:
+        if FLAGS.plot_schedules_only:
+            return _plot_schedules(recipe)
         result = training.train(recipe, overwrite=FLAGS.overwrite)
     except recipe_lib.RecipeError as error:
         raise app.UsageError(f"--{error.field}={error.value}: {error.allowed}") from None
@@ -64,6 +73,15 @@ def main(argv: list[str]) -> int:
         return 2
     print(summary_line(result))
     return 0 if result.status == "completed" else 3
+
+
+def _plot_schedules(recipe) -> int:
+    from tfmagic import plots, training
+
+    path = os.path.join(recipe.output_dir, training.SCHEDULES_PLOT)
+    plots.plot_schedules(recipe, path)
+    print(f"schedules of {recipe.epochs} epochs -> {path}")
+    return 0
 
 
 def run() -> None:
