@@ -24,6 +24,8 @@ import math
 import keras
 from keras import ops
 
+from tfmagic._checks import check, is_number
+
 __all__ = [
     "CosineAnnealing",
     "CosinePowerAnnealing",
@@ -35,13 +37,6 @@ __all__ = [
 REGULARIZATION_POLICIES = ("constant", "linear", "cycles", "lr")
 
 
-def _check(condition: bool, name: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _float_step(step):
@@ -60,13 +55,13 @@ class _WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, peak_lr, total_steps, warmup_steps=0, warmup_start_lr=0.0):
-        _check(_is_number(peak_lr) and peak_lr > 0, "peak_lr", peak_lr, "must be a number > 0")
-        _check(isinstance(total_steps, int) and not isinstance(total_steps, bool)
+        check(is_number(peak_lr) and peak_lr > 0, "peak_lr", peak_lr, "must be a number > 0")
+        check(isinstance(total_steps, int) and not isinstance(total_steps, bool)
                and total_steps >= 1, "total_steps", total_steps, "must be an integer >= 1")
-        _check(isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool)
+        check(isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool)
                and 0 <= warmup_steps < total_steps, "warmup_steps", warmup_steps,
                f"must be an integer in [0, total_steps={total_steps})")
-        _check(_is_number(warmup_start_lr) and 0 <= warmup_start_lr <= peak_lr,
+        check(is_number(warmup_start_lr) and 0 <= warmup_start_lr <= peak_lr,
                "warmup_start_lr", warmup_start_lr, f"must be in [0, peak_lr={peak_lr}]")
         self.peak_lr = float(peak_lr)
         self.total_steps = total_steps
@@ -131,13 +126,13 @@ class CosinePowerAnnealing(_WarmupSchedule):
     def __init__(self, peak_lr, total_steps, power=2.0, cycles=1, cycle_decay=1.0,
                  warmup_steps=0, warmup_start_lr=0.0, min_lr=0.0):
         super().__init__(peak_lr, total_steps, warmup_steps, warmup_start_lr)
-        _check(_is_number(power) and power > 0, "power", power, "must be a number > 0")
-        _check(isinstance(cycles, int) and not isinstance(cycles, bool)
+        check(is_number(power) and power > 0, "power", power, "must be a number > 0")
+        check(isinstance(cycles, int) and not isinstance(cycles, bool)
                and 1 <= cycles <= self.decay_steps, "cycles", cycles,
                f"must be an integer in [1, total_steps - warmup_steps = {self.decay_steps}]")
-        _check(_is_number(cycle_decay) and 0 < cycle_decay <= 1, "cycle_decay", cycle_decay,
+        check(is_number(cycle_decay) and 0 < cycle_decay <= 1, "cycle_decay", cycle_decay,
                "must be in (0, 1]")
-        _check(_is_number(min_lr) and 0 <= min_lr <= peak_lr, "min_lr", min_lr,
+        check(is_number(min_lr) and 0 <= min_lr <= peak_lr, "min_lr", min_lr,
                f"must be in [0, peak_lr={peak_lr}]")
         self.power = float(power)
         self.cycles = cycles
@@ -220,10 +215,10 @@ class GammaDecay(_WarmupSchedule):
     def __init__(self, peak_lr, total_steps, gamma=0.1, milestones=(0.5, 0.75),
                  warmup_steps=0, warmup_start_lr=0.0):
         super().__init__(peak_lr, total_steps, warmup_steps, warmup_start_lr)
-        _check(_is_number(gamma) and 0 < gamma <= 1, "gamma", gamma, "must be in (0, 1]")
+        check(is_number(gamma) and 0 < gamma <= 1, "gamma", gamma, "must be in (0, 1]")
         milestones = tuple(milestones)
-        steps = [round(m * total_steps) for m in milestones if _is_number(m)]
-        _check(
+        steps = [round(m * total_steps) for m in milestones if is_number(m)]
+        check(
             len(steps) == len(milestones) and all(0 < m < 1 for m in milestones)
             and list(milestones) == sorted(set(milestones))
             and all(s > warmup_steps for s in steps),
@@ -278,29 +273,29 @@ class RegularizationSchedule(keras.optimizers.schedules.LearningRateSchedule):
                  factor=None):
         if isinstance(lr_schedule, dict):
             lr_schedule = keras.saving.deserialize_keras_object(lr_schedule)
-        _check(_is_number(base) and base >= 0, "base", base, "must be a number >= 0")
-        _check(policy in REGULARIZATION_POLICIES, "policy", policy,
+        check(is_number(base) and base >= 0, "base", base, "must be a number >= 0")
+        check(policy in REGULARIZATION_POLICIES, "policy", policy,
                f"must be one of {', '.join(REGULARIZATION_POLICIES)}")
-        _check(end is None or (_is_number(end) and end >= 0), "end", end,
+        check(end is None or (is_number(end) and end >= 0), "end", end,
                "must be None or a number >= 0")
-        _check(factor is None or (_is_number(factor) and factor > 0), "factor", factor,
+        check(factor is None or (is_number(factor) and factor > 0), "factor", factor,
                "must be None or a number > 0")
         if policy in ("cycles", "lr"):
-            _check(isinstance(lr_schedule, _WarmupSchedule), "lr_schedule", lr_schedule,
+            check(isinstance(lr_schedule, _WarmupSchedule), "lr_schedule", lr_schedule,
                    f"policy {policy!r} needs a tfmagic LR schedule (CosinePowerAnnealing, "
                    "CosineAnnealing or GammaDecay)")
         if policy == "linear":
             if total_steps is None and lr_schedule is not None:
                 total_steps = lr_schedule.total_steps
-            _check(end is not None, "end", end, "policy 'linear' needs the final value end")
-            _check(isinstance(total_steps, int) and total_steps >= 1, "total_steps",
+            check(end is not None, "end", end, "policy 'linear' needs the final value end")
+            check(isinstance(total_steps, int) and total_steps >= 1, "total_steps",
                    total_steps, "policy 'linear' needs total_steps >= 1 (or an lr_schedule)")
         if policy == "cycles":
             cycles = _cycle_count(lr_schedule)
-            _check(factor is not None or end is not None, "factor", factor,
+            check(factor is not None or end is not None, "factor", factor,
                    "policy 'cycles' needs factor or end")
             if factor is None:
-                _check(base > 0 or end == 0, "base", base,
+                check(base > 0 or end == 0, "base", base,
                        "must be > 0 to step up to end with policy 'cycles'")
                 factor = (end / base) ** (1 / (cycles - 1)) if cycles > 1 and base > 0 else 1.0
         self.base = float(base)
