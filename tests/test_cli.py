@@ -92,3 +92,15 @@ def test_plot_schedules_only_writes_the_plot_and_does_not_train(tmp_path, capsys
     assert caught.value.code == 0
     assert sorted(p.name for p in out.iterdir()) == ["schedules.png"]
     assert f"-> {out / 'schedules.png'}" in capsys.readouterr().out
+
+
+def test_preview_augment_only_writes_the_preview_and_does_not_train(tmp_path, capsys):
+    out = tmp_path / "preview"
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as caught:
+        app.run(cli.main, argv=["tfmagic-train", "--preview_augment_only", "--train_subset=500",
+                                "--cutout=0.3", f"--output_dir={out}"])
+    flags.FLAGS.unparse_flags()
+    assert caught.value.code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["augment_preview.png"]
+    assert f"-> {out / 'augment_preview.png'}" in capsys.readouterr().out

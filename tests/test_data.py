@@ -386,3 +386,21 @@ def test_dataset_names(tmp_path):
 def test_tfds_without_the_package_says_how_to_install():
     with pytest.raises(DataError, match=r'pip install "tfmagic\[tfds\]"'):
         data.load("tfds:mnist", batch_size=32)
+
+
+def test_one_hot_labels_and_eval_transform_reach_only_their_splits():
+    def halve(images):
+        return images * 0.5
+
+    plain = data.load("fashion_mnist", batch_size=50, train_subset=500, seed=4)
+    shaped = data.load("fashion_mnist", batch_size=50, train_subset=500, seed=4,
+                           one_hot=True, eval_transform=halve)
+    mean, std = np.array(shaped.mean), np.array(shaped.std)
+    for split, factor in (("train", 1.0), ("validation", 0.5), ("test", 0.5)):
+        x_plain, y_plain = next(iter(getattr(plain, split)))
+        x_shaped, y_shaped = next(iter(getattr(shaped, split)))
+        assert y_shaped.shape == (50, 10) and y_shaped.dtype == tf.float32
+        np.testing.assert_array_equal(y_shaped.numpy().sum(-1), 1.0)
+        np.testing.assert_allclose(x_shaped.numpy() * std + mean,
+                                   (x_plain.numpy() * std + mean) * factor, atol=1e-3)
+        np.testing.assert_array_equal(y_shaped.numpy().argmax(-1), y_plain.numpy())

@@ -43,6 +43,14 @@ BAD_VALUES = [
     ("weight_decay_end", -1.0, ">= 0"),
     ("label_smoothing", 1.0, "[0, 1)"),
     ("label_smoothing_convention", "torch", "article, keras"),
+    ("augment", "randaugment", "autoaugment, color, none"),
+    ("crop_scheme", "five_crop", "pad_and_crop, random_resized_crop, none"),
+    ("crop_fraction", 0.0, "(0, 1]"),
+    ("crop_fraction", 1.2, "(0, 1]"),
+    ("cutout", -0.1, "[0, 1]"),
+    ("cutout", 1.5, "[0, 1]"),
+    ("mixup_alpha", -0.2, ">= 0"),
+    ("cutmix_alpha", -1.0, ">= 0"),
     ("seed", -3, ">= 0"),
     ("output_dir", " ", "non-empty"),
     ("epochs", 2.5, "type int"),
@@ -109,7 +117,9 @@ def test_flagfile_round_trip(tmp_path):
         lr_schedule="gamma", lr=0.05, lr_power=4.0, lr_cycles=3, lr_cycle_decay=0.7,
         warmup_epochs=0.5, min_lr=1e-4, optimizer="adamw", momentum=0.8, weight_decay=1e-3,
         weight_decay_mode="decoupled", weight_decay_schedule="cycles", weight_decay_end=4e-3,
-        label_smoothing=0.2, label_smoothing_convention="keras", seed=7,
+        label_smoothing=0.2, label_smoothing_convention="keras", augment="color",
+        crop_scheme="random_resized_crop", crop_fraction=0.875, cutout=0.25, mixup_alpha=0.2,
+        cutmix_alpha=1.0, seed=7,
         output_dir=str(tmp_path / "out"),
     )
     path = tmp_path / "recipe.cfg"
@@ -127,3 +137,13 @@ def test_from_flagfile_rejects_bad_value_and_missing_file(tmp_path):
         Recipe.from_flagfile(path)
     with pytest.raises(FileNotFoundError, match="nothere.cfg"):
         Recipe.from_flagfile(tmp_path / "nothere.cfg")
+
+
+@pytest.mark.parametrize("name", ["quickstart.cfg", "fashion_mnist.cfg"])
+def test_shipped_flagfiles_parse(name):
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "flags" / name
+    recipe = Recipe.from_flagfile(path)
+    assert recipe.dataset == "fashion_mnist"
+    assert recipe.output_dir == f"runs/{name.removesuffix('.cfg')}"

@@ -13,7 +13,8 @@ from tfmagic import data
 from tfmagic.recipe import Recipe
 from tfmagic.training import RunExistsError, build_schedules, train
 
-QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, width=0.5, lr=0.05, seed=3)
+QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, width=0.5, lr=0.05, seed=3,
+             augment="none", crop_scheme="none")
 
 
 class _Crash(Exception):

@@ -89,7 +89,8 @@ class DataSplits:
     ``train`` is shuffled (reshuffled every epoch) and augmented and does not repeat;
     ``validation`` (None when no data is held out) and ``test`` are in a fixed order.
     Images are float32, normalized per channel with ``mean`` / ``std`` (0..255 scale,
-    computed on the training split); labels are int32 unless the augment hook changes them.
+    computed on the training split); labels are int32 (float32 one-hot with ``one_hot=True``)
+    unless the augment hook changes them.
     """
 
     train: tf.data.Dataset
@@ -480,6 +481,8 @@ def _pipeline(
     seed: int,
     train: bool,
     augment: Callable | None,
+    eval_transform: Callable | None,
+    one_hot: int | None,
 ) -> tf.data.Dataset:
     mean_t = tf.constant(mean, dtype=tf.float32)
     std_t = tf.constant(std, dtype=tf.float32)
@@ -492,9 +495,13 @@ def _pipeline(
             x = tf.tile(x, [1, 1, 1, channels])
         if resize:
             x = tf.image.resize(x, size, method="bilinear")
+        if one_hot:
+            y = tf.one_hot(y, one_hot, dtype=tf.float32)
         if train and augment is not None:
             x, y = augment(x, y)
             x = tf.cast(x, tf.float32)
+        if not train and eval_transform is not None:
+            x = tf.cast(eval_transform(x), tf.float32)
         return (x - mean_t) / std_t, y
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
@@ -548,7 +555,7 @@ def _check_int(name: str, value: object, minimum: int, optional: bool = False) -
 
 def _check_arguments(
     batch_size, seed, train_subset, validation_fraction, image_size, channels, augment,
-    eval_batch_size,
+    eval_batch_size, eval_transform,
 ) -> None:
     _check_int("batch_size", batch_size, 1)
     _check_int("seed", seed, 0)
@@ -569,6 +576,9 @@ def _check_arguments(
     if augment is not None and not callable(augment):
         raise DataError(f"augment must be a callable (images, labels) -> (images, labels), "
                         f"got {augment!r}")
+    if eval_transform is not None and not callable(eval_transform):
+        raise DataError(f"eval_transform must be a callable images -> images, "
+                        f"got {eval_transform!r}")
 
 
 def load(
@@ -582,6 +592,8 @@ def load(
     channels: int | None = None,
     augment: Callable | None = None,
     eval_batch_size: int | None = None,
+    eval_transform: Callable | None = None,
+    one_hot: bool = False,
 ) -> DataSplits:
     """Load a dataset and build its train / validation / test pipelines.
 
@@ -603,6 +615,10 @@ def load(
             float32 images in 0..255 after resizing, int32 labels; it may return other labels
             (e.g. soft one-hot). Runs inside the tf.data graph.
         eval_batch_size: batch size of validation and test (default ``batch_size``).
+        eval_transform: ``images -> images`` applied to validation and test batches (float32,
+            0..255, after resizing), e.g. a centre crop; never to training batches.
+        one_hot: give every split float32 one-hot labels ``(batch, num_classes)`` instead of
+            int32 class indices (for soft-label augmentation such as mixup).
 
     Returns:
         DataSplits. Images are normalized ``(x - mean) / std`` per channel with statistics of
@@ -614,7 +630,7 @@ def load(
     check_dataset_name(dataset)
     _check_arguments(
         batch_size, seed, train_subset, validation_fraction, image_size, channels, augment,
-        eval_batch_size,
+        eval_batch_size, eval_transform,
     )
     if dataset == "fashion_mnist":
         (x_train, y_train), (x_test, y_test) = fashion_mnist()
@@ -663,7 +679,8 @@ def load(
     if target_channels != source_channels:
         mean, std = mean * target_channels, std * target_channels
     size = (image_size, image_size) if image_size else tuple(x_train.shape[1:3])
-    common = {"size": size, "channels": target_channels, "mean": mean, "std": std, "seed": seed}
+    common = {"size": size, "channels": target_channels, "mean": mean, "std": std, "seed": seed,
+              "eval_transform": eval_transform, "one_hot": num_classes if one_hot else None}
     eval_batch = eval_batch_size or batch_size
     train = _pipeline(
         x_train, y_train, batch_size=batch_size, train=True, augment=augment, **common

@@ -10,7 +10,8 @@ from tfmagic import data
 from tfmagic.recipe import Recipe
 
 
-def _save_atomic(figure: Figure, path: str | os.PathLike) -> None:
+def save_figure(figure: Figure, path: str | os.PathLike) -> None:
+    """Save a figure as PNG atomically (temporary file, then rename), creating its directory."""
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     partial = os.path.join(directory, ".partial-" + name)
@@ -64,4 +65,4 @@ def plot_schedules(recipe: Recipe, path: str | os.PathLike,
         axis.grid(alpha=0.3)
         axis.set_xlim(0, math.ceil(epochs[-1]))
         axis.set_ylim(bottom=0)
-    _save_atomic(figure, path)
+    save_figure(figure, path)

@@ -26,6 +26,8 @@ from absl import flags
 from tfmagic import data, losses, models, optimizers, schedules
 
 LR_SCHEDULES = ("cosine_power_cycles", "cosine", "gamma")
+AUGMENTS = ("autoaugment", "color", "none")
+CROP_SCHEMES = ("pad_and_crop", "random_resized_crop", "none")
 
 
 class RecipeError(ValueError):
@@ -199,6 +201,45 @@ class Recipe:
         "article: true class 1-eps, every other eps/(K-1); keras: (1-eps)*y + eps/K.",
         choices=losses.CONVENTIONS,
     )
+    augment: str = _knob(
+        "autoaugment",
+        "Training augmentation policy: AutoAugment (ImageNet policy), the standard colour "
+        "jitter, or none. Applied after the crop scheme, to training batches only.",
+        choices=AUGMENTS,
+    )
+    crop_scheme: str = _knob(
+        "pad_and_crop",
+        "Crop and flip of every training image: pad_and_crop (pad 1/8 of the size, random "
+        "crop back, horizontal flip), random_resized_crop (Inception-style scale 0.25-1, "
+        "flip), or none (neither crop nor flip).",
+        choices=CROP_SCHEMES,
+    )
+    crop_fraction: float = _knob(
+        1.0,
+        "Evaluation crop factor: validation and test images are the central crop_fraction of "
+        "the image resized back to full size (1 = the whole image).",
+        check=lambda v: 0.0 < v <= 1.0,
+        allowed="must be in (0, 1]",
+    )
+    cutout: float = _knob(
+        0.0,
+        "Cutout: side of the erased square as a fraction of the image side; 0 = off.",
+        check=lambda v: 0.0 <= v <= 1.0,
+        allowed="must be in [0, 1] (0 = off)",
+    )
+    mixup_alpha: float = _knob(
+        0.0,
+        "Mixup: alpha of the Beta(alpha, alpha) mixing weight; 0 = off.",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0 (0 = off)",
+    )
+    cutmix_alpha: float = _knob(
+        0.0,
+        "CutMix: alpha of the Beta(alpha, alpha) area weight; 0 = off. With mixup also on, "
+        "each batch uses one of the two, chosen with probability 1/2.",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0 (0 = off)",
+    )
     seed: int = _knob(
         0, "Seed of data order, splits and initialization.", check=lambda v: v >= 0,
         allowed="must be >= 0",
@@ -230,6 +271,11 @@ class Recipe:
                               f"must be < epochs ({self.epochs})")
         if self.min_lr > self.lr:
             raise RecipeError("min_lr", self.min_lr, f"must be <= lr ({self.lr})")
+
+    @property
+    def mixes_labels(self) -> bool:
+        """Whether training labels are soft (mixup or cutmix on)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     @property
     def final_weight_decay(self) -> float:

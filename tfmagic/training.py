@@ -33,6 +33,7 @@ import tensorflow as tf
 
 import tfmagic
 from tfmagic import data, models, plots
+from tfmagic.augment import pipeline as augmentation
 from tfmagic.losses import LabelSmoothingCrossEntropy
 from tfmagic.optimizers import build_optimizer
 from tfmagic.recipe import Recipe, RecipeError, write_atomic
@@ -207,6 +208,9 @@ def train(
         train_subset=recipe.train_subset or None,
         validation_fraction=recipe.validation_fraction,
         image_size=recipe.image_size or None,
+        augment=augmentation.build_train_augment(recipe),
+        eval_transform=augmentation.build_eval_transform(recipe),
+        one_hot=recipe.mixes_labels,
     )
     num_classes = recipe.num_classes or splits.num_classes
     if num_classes < splits.num_classes:
@@ -234,7 +238,11 @@ def train(
         loss=LabelSmoothingCrossEntropy(
             recipe.label_smoothing, recipe.label_smoothing_convention, from_logits=True
         ),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy")
+            if recipe.mixes_labels
+            else keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        ],
     )
 
     out = recipe.output_dir

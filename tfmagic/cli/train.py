@@ -30,6 +30,12 @@ flags.DEFINE_bool(
     "without training.",
 )
 flags.DEFINE_bool(
+    "preview_augment_only",
+    False,
+    "Write OUTPUT_DIR/augment_preview.png (training images before and after the recipe's "
+    "augmentation) and exit without training.",
+)
+flags.DEFINE_bool(
     "overwrite",
     False,
     "Replace a finished run (or an unfinished run of another recipe) in --output_dir.",
@@ -63,6 +69,8 @@ def main(argv: list[str]) -> int:
     try:
         if FLAGS.plot_schedules_only:
             return _plot_schedules(recipe)
+        if FLAGS.preview_augment_only:
+            return _preview_augment(recipe)
         result = training.train(recipe, overwrite=FLAGS.overwrite)
     except recipe_lib.RecipeError as error:
         raise app.UsageError(f"--{error.field}={error.value}: {error.allowed}") from None
@@ -81,6 +89,15 @@ def _plot_schedules(recipe) -> int:
     path = os.path.join(recipe.output_dir, training.SCHEDULES_PLOT)
     plots.plot_schedules(recipe, path)
     print(f"schedules of {recipe.epochs} epochs -> {path}")
+    return 0
+
+
+def _preview_augment(recipe) -> int:
+    from tfmagic.augment import pipeline
+
+    path = os.path.join(recipe.output_dir, "augment_preview.png")
+    pipeline.preview(recipe, path)
+    print(f"augmentation preview -> {path}")
     return 0
 
 
