@@ -82,25 +82,18 @@ def test_binary_trains_then_refuses_a_finished_run(tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 2
 
 
-def test_plot_schedules_only_writes_the_plot_and_does_not_train(tmp_path, capsys):
-    out = tmp_path / "plot"
+@pytest.mark.parametrize("flag,extra,written", [
+    ("--plot_schedules_only", "--epochs=4", "schedules.png"),
+    ("--preview_augment_only", "--cutout=0.3", "augment_preview.png"),
+])
+def test_only_flags_write_their_picture_and_do_not_train(flag, extra, written, tmp_path,
+                                                         capsys):
+    out = tmp_path / "picture"
     flags.FLAGS.unparse_flags()
     with pytest.raises(SystemExit) as caught:
-        app.run(cli.main, argv=["tfmagic-train", "--plot_schedules_only", "--train_subset=1000",
-                                "--epochs=4", f"--output_dir={out}"])
+        app.run(cli.main, argv=["tfmagic-train", flag, "--train_subset=500", extra,
+                                f"--output_dir={out}"])
     flags.FLAGS.unparse_flags()
     assert caught.value.code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["schedules.png"]
-    assert f"-> {out / 'schedules.png'}" in capsys.readouterr().out
-
-
-def test_preview_augment_only_writes_the_preview_and_does_not_train(tmp_path, capsys):
-    out = tmp_path / "preview"
-    flags.FLAGS.unparse_flags()
-    with pytest.raises(SystemExit) as caught:
-        app.run(cli.main, argv=["tfmagic-train", "--preview_augment_only", "--train_subset=500",
-                                "--cutout=0.3", f"--output_dir={out}"])
-    flags.FLAGS.unparse_flags()
-    assert caught.value.code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["augment_preview.png"]
-    assert f"-> {out / 'augment_preview.png'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [written]
+    assert f"-> {out / written}" in capsys.readouterr().out
