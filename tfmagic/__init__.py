@@ -1,11 +1,11 @@
 """tfmagic: the dark-magic training checklist for Keras 3 / TensorFlow.
 
-Importing the package registers its Keras objects (schedules, optimizers, losses,
+Importing the package registers its Keras objects (schedules, optimizers, losses, layers,
 augmentation layers), so a model saved with them reloads with `keras.saving.load_model`
 after `import tfmagic`, with no `custom_objects`.
 """
 
-from tfmagic import augment, losses, optimizers, schedules
+from tfmagic import augment, layers, losses, optimizers, schedules
 
 __version__ = "0.1.0"
-__all__ = ["augment", "losses", "optimizers", "schedules"]
+__all__ = ["augment", "layers", "losses", "optimizers", "schedules"]
