@@ -6,6 +6,10 @@ with height and width of at least 28 pixels, output float32 logits (use ``from_l
 scale their channels with ``width`` and let ``downscale_activation`` choose the activation that
 follows each stride-2 layer. See :mod:`tfmagic.models.common` for the shared conventions.
 
+``add_squeeze_excite`` and ``set_downscaling_activation`` (:mod:`tfmagic.models.surgery`)
+rewrite any functional Keras model, ``keras.applications`` ones included, into a new model
+with SE blocks or another downscaling activation, and report what they changed.
+
 Example:
     >>> from tfmagic.models import build_model
     >>> model = build_model("resnet20", (28, 28, 1), 10, downscale_activation="swish")
@@ -22,14 +26,18 @@ import keras
 from tfmagic.models.common import DOWNSCALE_ACTIVATIONS
 from tfmagic.models.mobilenet import mobilenet_small
 from tfmagic.models.resnet import resnet20, resnet56
+from tfmagic.models.surgery import SurgeryReport, add_squeeze_excite, set_downscaling_activation
 
 __all__ = [
     "DOWNSCALE_ACTIVATIONS",
     "MODEL_NAMES",
+    "SurgeryReport",
+    "add_squeeze_excite",
     "build_model",
     "mobilenet_small",
     "resnet20",
     "resnet56",
+    "set_downscaling_activation",
 ]
 
 MODEL_NAMES = ("resnet20", "resnet56", "mobilenet_small")
