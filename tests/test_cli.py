@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from absl import app, flags
@@ -97,3 +99,37 @@ def test_only_flags_write_their_picture_and_do_not_train(flag, extra, written, t
     assert caught.value.code == 0
     assert sorted(p.name for p in out.iterdir()) == [written]
     assert f"-> {out / written}" in capsys.readouterr().out
+
+
+def test_binary_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path):
+    flagfile = tmp_path / "kill.cfg"
+    flagfile.write_text(
+        "--train_subset=2000\n--epochs=4\n--batch_size=64\n--width=0.5\n--augment=none\n"
+        "--crop_scheme=none\n--output_dir=run\n"
+    )
+    command = [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]),
+               f"--flagfile={flagfile}"]
+    history = tmp_path / "run" / "history.csv"
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (history.exists() and len(history.read_text().splitlines()) >= 2):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert not (tmp_path / "run" / "result.json").exists()
+    finished = len(history.read_text().splitlines()) - 1
+    assert 1 <= finished < 4
+
+    again = _run_binary(f"--flagfile={flagfile}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert finished - 1 <= result["resumed_from_epoch"] <= finished
+    assert result["epochs_run"] == 4
+    epochs = [line.split(",")[0] for line in history.read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2", "3"]

@@ -258,9 +258,6 @@ def train(
         shuffle=False,
         verbose=_verbosity(verbose),
         callbacks=[
-            _async_safe(keras.callbacks.BackupAndRestore(
-                os.path.join(out, BACKUP_DIR), save_freq="epoch", delete_checkpoint=False
-            )),
             watch,
             _ScheduleLog(),
             clock,
@@ -268,6 +265,12 @@ def train(
             _async_safe(keras.callbacks.TensorBoard(
                 os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0,
                 update_freq="epoch",
+            )),
+            # Last of tfmagic's own: an epoch is checkpointed only after its row is logged, so
+            # a kill in between repeats the epoch (and _tidy_history keeps one row) instead of
+            # losing the row.
+            _async_safe(keras.callbacks.BackupAndRestore(
+                os.path.join(out, BACKUP_DIR), save_freq="epoch", delete_checkpoint=False
             )),
             *(callbacks or []),
         ],
