@@ -189,3 +189,19 @@ def test_schedule_that_cannot_fit_the_steps_is_a_recipe_error(tmp_path):
     with pytest.raises(RecipeError, match="lr_schedule='gamma'.*milestones"):
         train(recipe, verbose=0)
     assert not (tmp_path / "x").exists()
+
+
+class _StopEarly(keras.callbacks.Callback):
+    """Ends training after the first epoch, as EarlyStopping would."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def test_a_stop_asked_by_another_callback_is_not_a_divergence(tmp_path):
+    recipe = Recipe(epochs=3, output_dir=str(tmp_path / "run"),
+                    **{**QUICK, "train_subset": 1000})
+    result = train(recipe, verbose=0, callbacks=[_StopEarly()])
+    assert result.status == "completed"
+    assert result.epochs_run == 1
+    assert result.test_accuracy is not None

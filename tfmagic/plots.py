@@ -40,6 +40,13 @@ def plot_schedules(recipe: Recipe, path: str | os.PathLike,
                            validation_fraction=recipe.validation_fraction)
         steps_per_epoch = training.steps_in_epoch(recipe, splits.train_size)
     lr, wd = training.build_schedules(recipe, steps_per_epoch)
+    draw_schedules(recipe, lr, wd, steps_per_epoch, path)
+
+
+def draw_schedules(recipe: Recipe, lr, wd, steps_per_epoch: int,
+                   path: str | os.PathLike) -> None:
+    """Write the PNG of `plot_schedules` from schedules already built for the recipe
+    (`wd` None: the constant `recipe.weight_decay`)."""
     total = recipe.epochs * steps_per_epoch
     steps = np.arange(0, total + 1, max(1, total // 2000))
     epochs = steps / steps_per_epoch

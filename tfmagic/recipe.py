@@ -139,7 +139,9 @@ class Recipe:
         allowed="must be > 0",
     )
     lr_cycles: int = _knob(
-        2, "Number of LR cycles of cosine_power_cycles and cosine.", check=lambda v: v >= 1,
+        2,
+        "Number of LR cycles of cosine_power_cycles (cosine and gamma have one).",
+        check=lambda v: v >= 1,
         allowed="must be >= 1",
     )
     lr_cycle_decay: float = _knob(
