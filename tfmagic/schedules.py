@@ -37,8 +37,6 @@ __all__ = [
 REGULARIZATION_POLICIES = ("constant", "linear", "cycles", "lr")
 
 
-
-
 def _float_step(step):
     """The step as a float tensor: its own dtype when floating, else float32."""
     step = ops.convert_to_tensor(step)
@@ -57,12 +55,12 @@ class _WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, peak_lr, total_steps, warmup_steps=0, warmup_start_lr=0.0):
         check(is_number(peak_lr) and peak_lr > 0, "peak_lr", peak_lr, "must be a number > 0")
         check(isinstance(total_steps, int) and not isinstance(total_steps, bool)
-               and total_steps >= 1, "total_steps", total_steps, "must be an integer >= 1")
+              and total_steps >= 1, "total_steps", total_steps, "must be an integer >= 1")
         check(isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool)
-               and 0 <= warmup_steps < total_steps, "warmup_steps", warmup_steps,
-               f"must be an integer in [0, total_steps={total_steps})")
+              and 0 <= warmup_steps < total_steps, "warmup_steps", warmup_steps,
+              f"must be an integer in [0, total_steps={total_steps})")
         check(is_number(warmup_start_lr) and 0 <= warmup_start_lr <= peak_lr,
-               "warmup_start_lr", warmup_start_lr, f"must be in [0, peak_lr={peak_lr}]")
+              "warmup_start_lr", warmup_start_lr, f"must be in [0, peak_lr={peak_lr}]")
         self.peak_lr = float(peak_lr)
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
@@ -128,12 +126,12 @@ class CosinePowerAnnealing(_WarmupSchedule):
         super().__init__(peak_lr, total_steps, warmup_steps, warmup_start_lr)
         check(is_number(power) and power > 0, "power", power, "must be a number > 0")
         check(isinstance(cycles, int) and not isinstance(cycles, bool)
-               and 1 <= cycles <= self.decay_steps, "cycles", cycles,
-               f"must be an integer in [1, total_steps - warmup_steps = {self.decay_steps}]")
+              and 1 <= cycles <= self.decay_steps, "cycles", cycles,
+              f"must be an integer in [1, total_steps - warmup_steps = {self.decay_steps}]")
         check(is_number(cycle_decay) and 0 < cycle_decay <= 1, "cycle_decay", cycle_decay,
-               "must be in (0, 1]")
+              "must be in (0, 1]")
         check(is_number(min_lr) and 0 <= min_lr <= peak_lr, "min_lr", min_lr,
-               f"must be in [0, peak_lr={peak_lr}]")
+              f"must be in [0, peak_lr={peak_lr}]")
         self.power = float(power)
         self.cycles = cycles
         self.cycle_decay = float(cycle_decay)
@@ -275,28 +273,28 @@ class RegularizationSchedule(keras.optimizers.schedules.LearningRateSchedule):
             lr_schedule = keras.saving.deserialize_keras_object(lr_schedule)
         check(is_number(base) and base >= 0, "base", base, "must be a number >= 0")
         check(policy in REGULARIZATION_POLICIES, "policy", policy,
-               f"must be one of {', '.join(REGULARIZATION_POLICIES)}")
+              f"must be one of {', '.join(REGULARIZATION_POLICIES)}")
         check(end is None or (is_number(end) and end >= 0), "end", end,
-               "must be None or a number >= 0")
+              "must be None or a number >= 0")
         check(factor is None or (is_number(factor) and factor > 0), "factor", factor,
-               "must be None or a number > 0")
+              "must be None or a number > 0")
         if policy in ("cycles", "lr"):
             check(isinstance(lr_schedule, _WarmupSchedule), "lr_schedule", lr_schedule,
-                   f"policy {policy!r} needs a tfmagic LR schedule (CosinePowerAnnealing, "
-                   "CosineAnnealing or GammaDecay)")
+                  f"policy {policy!r} needs a tfmagic LR schedule (CosinePowerAnnealing, "
+                  "CosineAnnealing or GammaDecay)")
         if policy == "linear":
             if total_steps is None and lr_schedule is not None:
                 total_steps = lr_schedule.total_steps
             check(end is not None, "end", end, "policy 'linear' needs the final value end")
             check(isinstance(total_steps, int) and total_steps >= 1, "total_steps",
-                   total_steps, "policy 'linear' needs total_steps >= 1 (or an lr_schedule)")
+                  total_steps, "policy 'linear' needs total_steps >= 1 (or an lr_schedule)")
         if policy == "cycles":
             cycles = _cycle_count(lr_schedule)
             check(factor is not None or end is not None, "factor", factor,
-                   "policy 'cycles' needs factor or end")
+                  "policy 'cycles' needs factor or end")
             if factor is None:
                 check(base > 0 or end == 0, "base", base,
-                       "must be > 0 to step up to end with policy 'cycles'")
+                      "must be > 0 to step up to end with policy 'cycles'")
                 factor = (end / base) ** (1 / (cycles - 1)) if cycles > 1 and base > 0 else 1.0
         self.base = float(base)
         self.policy = policy

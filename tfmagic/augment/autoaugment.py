@@ -73,8 +73,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmagic._checks import check, is_int, is_number
+from tfmagic._checks import check, is_number
 from tfmagic.augment import ops
+from tfmagic.augment.seeding import generator
 
 __all__ = [
     "IMAGENET_POLICY",
@@ -315,22 +316,17 @@ class AutoAugment(keras.layers.Layer):
               f"must be a number in value_range [{low:g}, {high:g}]")
         check(interpolation in ops.INTERPOLATIONS, "interpolation", interpolation,
               f"must be one of {', '.join(ops.INTERPOLATIONS)}")
-        check(seed is None or (is_int(seed) and seed >= 0), "seed", seed,
-              "must be None or an integer >= 0")
         super().__init__(**kwargs)
         self.policy = policy
         self.value_range = (low, high)
         self.fill_value = float(fill_value)
         self.interpolation = interpolation
-        self.seed = None if seed is None else int(seed)
         self.supports_jit = False
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
         self._table = _table(policy)
-        if seed is None:
-            self._generator = tf.random.Generator.from_non_deterministic_state()
-        else:
-            self._generator = tf.random.Generator.from_seed(self.seed)
+        self._generator = generator(seed)
+        self.seed = None if seed is None else int(seed)
 
     def call(self, images, training=True):
         if not training:

@@ -10,11 +10,10 @@ import functools
 import keras
 import tensorflow as tf
 
-from tfmagic._checks import check, is_int, is_number
+from tfmagic._checks import check, is_number
+from tfmagic.augment.seeding import generator
 
 __all__ = ["ColorAugment"]
-
-
 
 
 # ITU-R BT.601 luma weights; they sum to 1, so grey pixels keep their value exactly.
@@ -94,21 +93,16 @@ class ColorAugment(keras.layers.Layer):
             check(is_number(value) and value >= 0, name, value, "must be a number >= 0")
         check(is_number(hue) and 0 <= hue <= 0.5, "hue", hue, "must be a number in [0, 0.5]")
         check(isinstance(value_range, tuple | list) and len(value_range) == 2
-               and all(is_number(v) for v in value_range) and value_range[0] < value_range[1],
-               "value_range", value_range, "must be a pair (low, high) of numbers, low < high")
-        check(seed is None or (is_int(seed) and seed >= 0), "seed", seed,
-              "must be None or an integer >= 0")
+              and all(is_number(v) for v in value_range) and value_range[0] < value_range[1],
+              "value_range", value_range, "must be a pair (low, high) of numbers, low < high")
         super().__init__(**kwargs)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
         self.saturation = float(saturation)
         self.hue = float(hue)
         self.value_range = (float(value_range[0]), float(value_range[1]))
+        self._generator = generator(seed)
         self.seed = None if seed is None else int(seed)
-        if seed is None:
-            self._generator = tf.random.Generator.from_non_deterministic_state()
-        else:
-            self._generator = tf.random.Generator.from_seed(self.seed)
 
     @staticmethod
     def _factor(strength: float, draw):

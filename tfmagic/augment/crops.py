@@ -31,6 +31,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from tfmagic._checks import check, is_int, is_number
+from tfmagic.augment import seeding
 
 __all__ = ["PAD_FILLS", "center_crop", "pad_and_crop", "random_flip", "random_resized_crop"]
 
@@ -38,17 +39,6 @@ PAD_FILLS = ("reflect", "constant")
 
 # Candidate boxes drawn per image by random_resized_crop before it falls back to the centre.
 _RESIZED_CROP_ATTEMPTS = 10
-
-
-
-
-
-def _generator(seed) -> tf.random.Generator:
-    check(seed is None or (is_int(seed) and seed >= 0), "seed", seed,
-           "must be None or an integer >= 0")
-    if seed is None:
-        return tf.random.Generator.from_non_deterministic_state()
-    return tf.random.Generator.from_seed(int(seed))
 
 
 def _check_range(name: str, value, low: float, high: float, allowed: str) -> tuple:
@@ -79,7 +69,7 @@ def random_flip(seed=None) -> Callable:
     >>> out in ([0, 1, 2], [2, 1, 0])
     True
     """
-    generator = _generator(seed)
+    generator = seeding.generator(seed)
 
     def flip(images):
         images = tf.cast(images, tf.float32)
@@ -108,18 +98,18 @@ def pad_and_crop(pad=4, fill="reflect", flip=True, seed=None) -> Callable:
         ``images (B, H, W, C) -> float32 images (B, H, W, C)``.
     """
     check(pad is None or (is_int(pad) and pad >= 0), "pad", pad,
-           "must be None or an integer >= 0")
+          "must be None or an integer >= 0")
     check(fill in PAD_FILLS, "fill", fill, f"must be one of {', '.join(PAD_FILLS)}")
     check(isinstance(flip, bool), "flip", flip, "must be True or False")
-    generator = _generator(seed)
+    generator = seeding.generator(seed)
     mode = fill.upper()
 
     def crop(images):
         images = tf.cast(images, tf.float32)
         known = [side for side in images.shape[1:3] if side is not None]
         check(not (fill == "reflect" and pad is not None and known and pad >= min(known)),
-               "pad", pad, f'must be < the image height and width with fill="reflect" '
-               f"(images of shape {images.shape})")
+              "pad", pad, f'must be < the image height and width with fill="reflect" '
+              f"(images of shape {images.shape})")
         shape = tf.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
         if pad is None:
@@ -180,7 +170,7 @@ def random_resized_crop(size=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip
     low_ratio, high_ratio = _check_range("ratio", ratio, 0.0, math.inf,
                                          "must be a pair (min, max) with 0 < min <= max")
     check(isinstance(flip, bool), "flip", flip, "must be True or False")
-    generator = _generator(seed)
+    generator = seeding.generator(seed)
     log_low, log_high = math.log(low_ratio), math.log(high_ratio)
 
     def crop(images):
@@ -236,7 +226,7 @@ def center_crop(crop_fraction=0.875, size=None) -> Callable:
         ``images (B, H, W, C) -> float32 images (B, size..., C)``.
     """
     check(is_number(crop_fraction) and 0 < crop_fraction <= 1, "crop_fraction",
-           crop_fraction, "must be a number in (0, 1]")
+          crop_fraction, "must be a number in (0, 1]")
     size = _check_size(size)
     fraction = float(crop_fraction)
 

@@ -15,7 +15,8 @@ import math
 import keras
 import tensorflow as tf
 
-from tfmagic._checks import check, is_int, is_number
+from tfmagic._checks import check, is_number
+from tfmagic.augment import seeding
 
 __all__ = ["Cutout", "RandomErasing"]
 
@@ -23,25 +24,15 @@ __all__ = ["Cutout", "RandomErasing"]
 _ERASING_ATTEMPTS = 10
 
 
-
-
-def _check_common(probability, seed) -> None:
+def _check_probability(probability) -> None:
     check(is_number(probability) and 0 <= probability <= 1, "probability", probability,
-           "must be a number in [0, 1]")
-    check(seed is None or (is_int(seed) and seed >= 0), "seed", seed,
-              "must be None or an integer >= 0")
-
-
-def _generator(seed) -> tf.random.Generator:
-    if seed is None:
-        return tf.random.Generator.from_non_deterministic_state()
-    return tf.random.Generator.from_seed(seed)
+          "must be a number in [0, 1]")
 
 
 def _check_range(name: str, value, high: float, allowed: str) -> tuple[float, float]:
     check(isinstance(value, tuple | list) and len(value) == 2
-           and all(is_number(v) for v in value) and 0 < value[0] <= value[1] <= high,
-           name, value, allowed)
+          and all(is_number(v) for v in value) and 0 < value[0] <= value[1] <= high,
+          name, value, allowed)
     return float(value[0]), float(value[1])
 
 
@@ -57,8 +48,35 @@ def box_mask(top, bottom, left, right, height, width):
     return (in_rows[:, :, None] & in_cols[:, None, :])[..., None]
 
 
+class _Erasing(keras.layers.Layer):
+    """What Cutout and RandomErasing share: probability, seed, and the training switch.
+
+    Subclasses define `_erase(images, shape)` for float32 images and their dynamic shape.
+    """
+
+    def __init__(self, probability, seed, **kwargs):
+        _check_probability(probability)
+        generator = seeding.generator(seed)
+        super().__init__(**kwargs)
+        self.probability = float(probability)
+        self.seed = None if seed is None else int(seed)
+        self._generator = generator
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        images = tf.cast(images, tf.float32)
+        return self._erase(images, tf.shape(images))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "probability": self.probability, "seed": self.seed}
+
+
 @keras.saving.register_keras_serializable(package="tfmagic")
-class Cutout(keras.layers.Layer):
+class Cutout(_Erasing):
     """Cutout: a square of side ``round(size * min(H, W))`` filled with `fill_value`.
 
     Per image, with probability `probability`: the square's centre pixel is uniform over the
@@ -81,19 +99,11 @@ class Cutout(keras.layers.Layer):
     def __init__(self, size=0.5, fill_value=0.0, probability=1.0, seed=None, **kwargs):
         check(is_number(size) and 0 < size <= 1, "size", size, "must be a number in (0, 1]")
         check(is_number(fill_value), "fill_value", fill_value, "must be a finite number")
-        _check_common(probability, seed)
-        super().__init__(**kwargs)
+        super().__init__(probability, seed, **kwargs)
         self.size = float(size)
         self.fill_value = float(fill_value)
-        self.probability = float(probability)
-        self.seed = None if seed is None else int(seed)
-        self._generator = _generator(self.seed)
 
-    def call(self, images, training=True):
-        if not training:
-            return images
-        images = tf.cast(images, tf.float32)
-        shape = tf.shape(images)
+    def _erase(self, images, shape):
         batch, height, width = shape[0], shape[1], shape[2]
         side = tf.maximum(tf.cast(tf.round(self.size * tf.cast(tf.minimum(height, width),
                                                                 tf.float32)), tf.int32), 1)
@@ -106,21 +116,12 @@ class Cutout(keras.layers.Layer):
         mask = box_mask(top, top + side, left, left + side, height, width)
         return tf.where(mask, tf.constant(self.fill_value, tf.float32), images)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "size": self.size,
-            "fill_value": self.fill_value,
-            "probability": self.probability,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), "size": self.size, "fill_value": self.fill_value}
 
 
 @keras.saving.register_keras_serializable(package="tfmagic")
-class RandomErasing(keras.layers.Layer):
+class RandomErasing(_Erasing):
     """Random Erasing: a random rectangle inside the image replaced by noise or a constant.
 
     Per image, with probability `probability`, up to 10 candidate rectangles are drawn: area
@@ -146,26 +147,18 @@ class RandomErasing(keras.layers.Layer):
 
     def __init__(self, probability=0.25, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), value="random",
                  seed=None, **kwargs):
-        _check_common(probability, seed)
         scale = _check_range("scale", scale, 1.0,
                              "must be a pair (min, max) with 0 < min <= max <= 1")
         ratio = _check_range("ratio", ratio, math.inf,
                              "must be a pair (min, max) with 0 < min <= max")
         check(value == "random" or is_number(value), "value", value,
-               'must be "random" or a finite number')
-        super().__init__(**kwargs)
-        self.probability = float(probability)
+              'must be "random" or a finite number')
+        super().__init__(probability, seed, **kwargs)
         self.scale = scale
         self.ratio = ratio
         self.value = value if value == "random" else float(value)
-        self.seed = None if seed is None else int(seed)
-        self._generator = _generator(self.seed)
 
-    def call(self, images, training=True):
-        if not training:
-            return images
-        images = tf.cast(images, tf.float32)
-        shape = tf.shape(images)
+    def _erase(self, images, shape):
         batch, height, width = shape[0], shape[1], shape[2]
         float_h = tf.cast(height, tf.float32)
         float_w = tf.cast(width, tf.float32)
@@ -196,15 +189,6 @@ class RandomErasing(keras.layers.Layer):
             fill = tf.constant(self.value, tf.float32)
         return tf.where(mask, fill, images)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "probability": self.probability,
-            "scale": self.scale,
-            "ratio": self.ratio,
-            "value": self.value,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), "scale": self.scale, "ratio": self.ratio,
+                "value": self.value}

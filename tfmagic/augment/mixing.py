@@ -26,11 +26,9 @@ import tensorflow as tf
 
 from tfmagic._checks import check, is_int, is_number
 from tfmagic.augment.erasing import box_mask
+from tfmagic.augment.seeding import generator
 
 __all__ = ["CutMix", "MixUp"]
-
-
-
 
 
 class _Mixing:
@@ -39,19 +37,14 @@ class _Mixing:
     def __init__(self, alpha, probability, num_classes, seed):
         check(is_number(alpha) and alpha > 0, "alpha", alpha, "must be a number > 0")
         check(is_number(probability) and 0 <= probability <= 1, "probability", probability,
-               "must be a number in [0, 1]")
+              "must be a number in [0, 1]")
         check(num_classes is None or (is_int(num_classes) and num_classes >= 2),
-               "num_classes", num_classes, "must be None or an integer >= 2")
-        check(seed is None or (is_int(seed) and seed >= 0), "seed", seed,
-               "must be None or an integer >= 0")
+              "num_classes", num_classes, "must be None or an integer >= 2")
         self.alpha = float(alpha)
         self.probability = float(probability)
         self.num_classes = None if num_classes is None else int(num_classes)
+        self._generator = generator(seed)
         self.seed = None if seed is None else int(seed)
-        if seed is None:
-            self._generator = tf.random.Generator.from_non_deterministic_state()
-        else:
-            self._generator = tf.random.Generator.from_seed(self.seed)
 
     def _soft_labels(self, labels):
         labels = tf.convert_to_tensor(labels)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from tfmagic import data
+from tfmagic.augment import seeding
 from tfmagic.augment.autoaugment import AutoAugment
 from tfmagic.augment.color import ColorAugment
 from tfmagic.augment.crops import center_crop, pad_and_crop, random_resized_crop
@@ -89,7 +90,7 @@ def _images_only(transform):
 
 def _either(first, second, seed: int):
     """Apply `first` or `second` to a whole batch, each with probability 1/2."""
-    generator = tf.random.Generator.from_seed(seed)
+    generator = seeding.generator(seed)
 
     def step(images, labels):
         pick_first = generator.uniform(()) < 0.5
