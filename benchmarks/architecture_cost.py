@@ -1,12 +1,12 @@
 """Parameters, FLOPs and training step time of the built-in backbones and their variants.
 
-For each backbone (32x32x3 inputs, 10 classes, width 1): the model as built with each
-downscale activation (leaky_relu, relu, swish), and with squeeze-excite blocks added by
-`tfmagic.models.add_squeeze_excite` (LeakyReLU downscaling). FLOPs are TensorFlow's profiler
-count of floating-point operations of one forward pass of one image (a multiply-add counts
-2). Step time is `train_on_batch` with SGD on a random batch; the variants take turns, one
-timed block of steps each, `--rounds` times, and the median and best block are reported, so
-that the machine's noise falls on all alike.
+For each backbone (32x32x3 inputs, 10 classes, width 1): the model without squeeze-excite
+(`se=False`) with each downscale activation (leaky_relu, relu, swish), and the model with its
+own squeeze-excite blocks (`se=True`, the default) and LeakyReLU downscaling. FLOPs are
+TensorFlow's profiler count of floating-point operations of one forward pass of one image (a
+multiply-add counts 2). Step time is `train_on_batch` with SGD on a random batch; the variants
+take turns, one timed block of steps each, `--rounds` times, and the median and best block are
+reported, so that the machine's noise falls on all alike.
 
     python benchmarks/architecture_cost.py
     python benchmarks/architecture_cost.py --models resnet20 --rounds 8
@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmagic.models import DOWNSCALE_ACTIVATIONS, MODEL_NAMES, add_squeeze_excite, build_model
+from tfmagic.models import DOWNSCALE_ACTIVATIONS, MODEL_NAMES, build_model
 
 SHAPE, CLASSES = (32, 32, 3), 10
 
@@ -37,10 +37,10 @@ def forward_flops(model: keras.Model) -> int:
 def variants(name: str) -> dict[str, keras.Model]:
     out = {}
     for activation in DOWNSCALE_ACTIVATIONS:
-        out[activation] = build_model(name, SHAPE, CLASSES, downscale_activation=activation)
-    out["leaky_relu + SE"] = add_squeeze_excite(
-        build_model(name, SHAPE, CLASSES, downscale_activation="leaky_relu")
-    )[0]
+        out[activation] = build_model(name, SHAPE, CLASSES, downscale_activation=activation,
+                                      se=False)
+    out["leaky_relu + SE"] = build_model(name, SHAPE, CLASSES, downscale_activation="leaky_relu",
+                                         se=True)
     return out
 
 

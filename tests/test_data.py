@@ -292,6 +292,16 @@ def test_pipeline_resize_and_channels():
     assert next(iter(splits.test))[0].shape == (32, 32, 32, 3)
 
 
+def test_preprocess_replaces_the_normalization_in_every_split(fmnist):
+    splits = data.load("fashion_mnist", batch_size=50, train_subset=100, validation_fraction=0.2,
+                       channels=3, preprocess=lambda images: images / 127.5 - 1.0)
+    for split in (splits.train, splits.validation, splits.test):
+        x, _ = _collect(split)
+        assert x.min() >= -1.0 and x.max() <= 1.0 and x.max() > 0.9
+    x_test, _ = _collect(splits.test)
+    np.testing.assert_allclose((x_test[..., :1] + 1.0) * 127.5, fmnist[1][0], atol=1e-3)
+
+
 def test_augment_hook_on_train_batches_only():
     seen = []
 
@@ -343,6 +353,7 @@ def test_train_order_reshuffles_per_epoch_and_is_seeded():
         ({"channels": 2}, "channels"),
         ({"augment": "flip"}, "augment"),
         ({"eval_batch_size": 0}, "eval_batch_size"),
+        ({"preprocess": "caffe"}, "preprocess"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):

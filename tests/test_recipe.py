@@ -22,7 +22,15 @@ BAD_VALUES = [
     ("model", "resnet18", "resnet20"),
     ("width", 0.0, "(0, 8]"),
     ("width", 9.0, "(0, 8]"),
-    ("downscale_activation", "gelu", "leaky_relu, relu, swish"),
+    ("model", "keras:NoSuchNet", "'keras:NAME'"),
+    ("downscale_activation", "gelu", "leaky_relu, relu, swish, keep"),
+    ("downscale_activation", "keep", "needs a keras.applications model"),
+    ("drop_path_rate", 1.0, "[0, 1)"),
+    ("drop_path_rate", -0.1, "[0, 1)"),
+    ("pooling", "max", "avg, attention"),
+    ("aux_loss_weight", -0.1, ">= 0"),
+    ("pretrained", "/no/such/file.weights.h5", "existing weights file"),
+    ("pretrained", "imagenet", "needs a keras.applications model"),
     ("num_classes", 1, ">= 2"),
     ("lr", 0.0, "> 0"),
     ("lr", -1.0, "> 0"),
@@ -119,15 +127,40 @@ def test_flagfile_round_trip(tmp_path):
         weight_decay_mode="decoupled", weight_decay_schedule="cycles", weight_decay_end=4e-3,
         label_smoothing=0.2, label_smoothing_convention="keras", augment="color",
         crop_scheme="random_resized_crop", crop_fraction=0.875, cutout=0.25, mixup_alpha=0.2,
-        cutmix_alpha=1.0, seed=7,
+        cutmix_alpha=1.0, seed=7, se=False, drop_path_rate=0.1, pooling="attention",
+        aux_loss_weight=0.3,
         output_dir=str(tmp_path / "out"),
     )
     path = tmp_path / "recipe.cfg"
     recipe.to_flagfile(path)
     lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    assert lines == [f"--{f.name}={getattr(recipe, f.name)}" for f in fields()]
+    assert lines == [
+        "--nose" if f.name == "se" else f"--{f.name}={getattr(recipe, f.name)}" for f in fields()
+    ]
     assert Recipe.from_flagfile(path) == recipe
     assert [p.name for p in tmp_path.iterdir()] == ["recipe.cfg"]
+
+
+def test_keras_application_recipe_round_trip_and_rules(tmp_path):
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"")
+    recipe = Recipe(model="keras:EfficientNetB0", pretrained=str(weights),
+                    downscale_activation="keep", image_size=64)
+    recipe.to_flagfile(tmp_path / "recipe.cfg")
+    assert Recipe.from_flagfile(tmp_path / "recipe.cfg") == recipe
+    assert Recipe(model="keras:MobileNetV2", pretrained="imagenet").pretrained == "imagenet"
+    with pytest.raises(RecipeError, match="^drop_path_rate=0.1 .*keras:MobileNetV2"):
+        Recipe(model="keras:MobileNetV2", drop_path_rate=0.1)
+    with pytest.raises(RecipeError, match="^image_size=64 .*>= 75 for keras:InceptionV3"):
+        Recipe(model="keras:InceptionV3", image_size=64)
+
+
+def test_se_is_on_by_default_and_a_negatable_flag():
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["prog", "--nose"])
+    assert Recipe().se is True
+    assert from_flags(values).se is False
 
 
 def test_from_flagfile_rejects_bad_value_and_missing_file(tmp_path):

@@ -313,7 +313,7 @@ def test_nested_models_are_rewritten_with_paths():
 
 
 def test_explicit_blocks_and_saved_model_round_trip(tmp_path):
-    model = build_model("resnet20", (32, 32, 3), 10)
+    model = build_model("resnet20", (32, 32, 3), 10, se=False)
     model.compile(optimizer="adam", loss="mse")
     names = ["stem_relu", "stage3_block3_out_relu"]
     excited, report = add_squeeze_excite(model, blocks=names, name_suffix="_gate")

@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfmagic import data
 from tfmagic.recipe import Recipe
@@ -205,3 +206,55 @@ def test_a_stop_asked_by_another_callback_is_not_a_divergence(tmp_path):
     assert result.status == "completed"
     assert result.epochs_run == 1
     assert result.test_accuracy is not None
+
+
+def test_auxiliary_head_trains_and_is_left_out_of_the_saved_model(tmp_path):
+    out = tmp_path / "aux"
+    recipe = Recipe(epochs=2, aux_loss_weight=0.4, output_dir=str(out),
+                    **{**QUICK, "train_subset": 2000})
+    result = train(recipe, verbose=0)
+    assert result.status == "completed"
+    assert result.test_accuracy > 0.3
+    row = _history(out)[0]
+    assert float(row["accuracy"]) == float(row["logits_accuracy"])
+    assert float(row["val_accuracy"]) == float(row["val_logits_accuracy"])
+    total = float(row["logits_loss"]) + 0.4 * float(row["auxiliary_head_loss"])
+    assert float(row["loss"]) == pytest.approx(total, rel=0.02)
+    saved = keras.saving.load_model(out / "model.keras")
+    assert len(saved.outputs) == 1
+    assert "auxiliary_head" not in [layer.name for layer in saved.layers]
+    assert saved.count_params() == result.params
+    splits = data.load("fashion_mnist", batch_size=256, train_subset=2000, seed=3)
+    _, accuracy = saved.evaluate(splits.test, verbose=0)
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6)
+
+
+def test_keras_application_model_adapts_input_and_preprocessing(tmp_path):
+    out = tmp_path / "app"
+    recipe = Recipe(epochs=1, model="keras:MobileNetV2", output_dir=str(out),
+                    **{**QUICK, "train_subset": 500, "validation_fraction": 0.0})
+    result = train(recipe, verbose=0)
+    assert result.status == "completed"
+    saved = keras.saving.load_model(out / "model.keras")
+    assert saved.input_shape == (None, 32, 32, 3)
+    assert saved.name == "mobilenetv2"
+
+
+def test_tensorboard_holds_hparams_and_final_metrics(finished_run):
+    recipe, result, out = finished_run
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = event_accumulator.EventAccumulator(str(out / "tensorboard"),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+    final = events.Tensors("test_accuracy")
+    assert len(final) == 1
+    assert final[0].step == 2
+    assert float(tf.make_ndarray(final[0].tensor_proto)) == pytest.approx(result.test_accuracy)
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["lr"].number_value == pytest.approx(recipe.lr)
+    assert start.hparams["model"].string_value == recipe.model
+    assert start.hparams["se"].bool_value is True
+    assert "output_dir" not in start.hparams

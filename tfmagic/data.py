@@ -483,6 +483,7 @@ def _pipeline(
     augment: Callable | None,
     eval_transform: Callable | None,
     one_hot: int | None,
+    preprocess: Callable | None,
 ) -> tf.data.Dataset:
     mean_t = tf.constant(mean, dtype=tf.float32)
     std_t = tf.constant(std, dtype=tf.float32)
@@ -502,6 +503,8 @@ def _pipeline(
             x = tf.cast(x, tf.float32)
         if not train and eval_transform is not None:
             x = tf.cast(eval_transform(x), tf.float32)
+        if preprocess is not None:
+            return tf.cast(preprocess(x), tf.float32), y
         return (x - mean_t) / std_t, y
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
@@ -555,7 +558,7 @@ def _check_int(name: str, value: object, minimum: int, optional: bool = False) -
 
 def _check_arguments(
     batch_size, seed, train_subset, validation_fraction, image_size, channels, augment,
-    eval_batch_size, eval_transform,
+    eval_batch_size, eval_transform, preprocess,
 ) -> None:
     _check_int("batch_size", batch_size, 1)
     _check_int("seed", seed, 0)
@@ -579,6 +582,8 @@ def _check_arguments(
     if eval_transform is not None and not callable(eval_transform):
         raise DataError(f"eval_transform must be a callable images -> images, "
                         f"got {eval_transform!r}")
+    if preprocess is not None and not callable(preprocess):
+        raise DataError(f"preprocess must be a callable images -> images, got {preprocess!r}")
 
 
 def load(
@@ -594,6 +599,7 @@ def load(
     eval_batch_size: int | None = None,
     eval_transform: Callable | None = None,
     one_hot: bool = False,
+    preprocess: Callable | None = None,
 ) -> DataSplits:
     """Load a dataset and build its train / validation / test pipelines.
 
@@ -619,10 +625,13 @@ def load(
             0..255, after resizing), e.g. a centre crop; never to training batches.
         one_hot: give every split float32 one-hot labels ``(batch, num_classes)`` instead of
             int32 class indices (for soft-label augmentation such as mixup).
+        preprocess: ``images -> model input`` replacing the normalization of every split
+            (float32 0..255 images in, after augmentation or ``eval_transform``), e.g. a
+            ``keras.applications`` model's ``preprocess_input``.
 
     Returns:
-        DataSplits. Images are normalized ``(x - mean) / std`` per channel with statistics of
-        the training split (0..255 scale).
+        DataSplits. Unless ``preprocess`` is given, images are normalized ``(x - mean) / std``
+        per channel with statistics of the training split (0..255 scale).
 
     Raises:
         DataError: a bad argument (named in the message) or a dataset that cannot be loaded.
@@ -630,7 +639,7 @@ def load(
     check_dataset_name(dataset)
     _check_arguments(
         batch_size, seed, train_subset, validation_fraction, image_size, channels, augment,
-        eval_batch_size, eval_transform,
+        eval_batch_size, eval_transform, preprocess,
     )
     if dataset == "fashion_mnist":
         (x_train, y_train), (x_test, y_test) = fashion_mnist()
@@ -680,7 +689,8 @@ def load(
         mean, std = mean * target_channels, std * target_channels
     size = (image_size, image_size) if image_size else tuple(x_train.shape[1:3])
     common = {"size": size, "channels": target_channels, "mean": mean, "std": std, "seed": seed,
-              "eval_transform": eval_transform, "one_hot": num_classes if one_hot else None}
+              "eval_transform": eval_transform, "one_hot": num_classes if one_hot else None,
+              "preprocess": preprocess}
     eval_batch = eval_batch_size or batch_size
     train = _pipeline(
         x_train, y_train, batch_size=batch_size, train=True, augment=augment, **common

@@ -60,6 +60,20 @@ def _check_dataset(value: str) -> bool:
     return True
 
 
+def _check_model(value: str) -> bool:
+    if models.is_application(value):
+        return value[len(models.KERAS_PREFIX):] in models.APPLICATION_NAMES
+    return value in models.MODEL_NAMES
+
+
+def _check_pretrained(value: str) -> bool:
+    try:
+        models.check_pretrained(value)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Every knob of one training run; the defaults are the recommended baseline.
@@ -104,7 +118,14 @@ class Recipe:
     epochs: int = _knob(
         30, "Number of training epochs.", check=lambda v: v >= 1, allowed="must be >= 1"
     )
-    model: str = _knob("resnet20", "Backbone architecture.", choices=models.MODEL_NAMES)
+    model: str = _knob(
+        "resnet20",
+        "Backbone: a built-in one, or 'keras:NAME' for keras.applications.NAME with a new head "
+        "(keras:MobileNetV2, keras:ResNet50, keras:EfficientNetB0, ...).",
+        check=_check_model,
+        allowed=f"must be one of {', '.join(models.MODEL_NAMES)}, or 'keras:NAME' with NAME a "
+        "keras.applications model (keras:MobileNetV2, keras:ResNet50, ...)",
+    )
     width: float = _knob(
         1.0,
         "Width multiplier of the backbone's channel counts.",
@@ -113,8 +134,40 @@ class Recipe:
     )
     downscale_activation: str = _knob(
         "leaky_relu",
-        "Activation after the stride-2 downscaling layers (stem and stage transitions).",
-        choices=models.DOWNSCALE_ACTIVATIONS,
+        "Activation after the stride-2 downscaling layers (stem and stage transitions); "
+        "'keep' leaves a keras.applications model's own.",
+        choices=(*models.DOWNSCALE_ACTIVATIONS, models.KEEP_ACTIVATION),
+    )
+    se: bool = _knob(
+        True,
+        "Squeeze-and-excitation blocks: in each residual block of a built-in backbone, "
+        "inserted by surgery into a keras.applications one.",
+    )
+    drop_path_rate: float = _knob(
+        0.0,
+        "Stochastic depth of the last residual block (built-in backbones), rising linearly "
+        "from the first; 0 = off.",
+        check=lambda v: 0.0 <= v < 1.0,
+        allowed="must be in [0, 1) (0 = off)",
+    )
+    pooling: str = _knob(
+        "avg",
+        "Pooling before the classifier: global average, or a learned attention query.",
+        choices=models.POOLING_TYPES,
+    )
+    aux_loss_weight: float = _knob(
+        0.0,
+        "Weight of the auxiliary classifier's loss (a head on the last feature map before the "
+        "final downscaling, training only); 0 = off.",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0 (0 = off)",
+    )
+    pretrained: str = _knob(
+        "none",
+        "Initial weights of a keras.applications backbone: 'none', 'imagenet' (downloaded by "
+        "Keras, needs internet) or the path of a weights file.",
+        check=_check_pretrained,
+        allowed="must be 'none', 'imagenet' or the path of an existing weights file",
     )
     num_classes: int = _knob(
         0,
@@ -273,6 +326,26 @@ class Recipe:
                               f"must be < epochs ({self.epochs})")
         if self.min_lr > self.lr:
             raise RecipeError("min_lr", self.min_lr, f"must be <= lr ({self.lr})")
+        self._check_architecture()
+
+    def _check_architecture(self) -> None:
+        if not models.is_application(self.model):
+            needs_application = (
+                f"needs a keras.applications model (model=keras:NAME), not model={self.model}"
+            )
+            if self.pretrained != "none":
+                raise RecipeError("pretrained", self.pretrained, needs_application)
+            if self.downscale_activation == models.KEEP_ACTIVATION:
+                raise RecipeError("downscale_activation", self.downscale_activation,
+                                  needs_application)
+            return
+        if self.drop_path_rate > 0:
+            raise RecipeError("drop_path_rate", self.drop_path_rate,
+                              f"must be 0 with a keras.applications model ({self.model})")
+        smallest = models.min_input_size(self.model)
+        if 0 < self.image_size < smallest:
+            raise RecipeError("image_size", self.image_size,
+                              f"must be 0 (adapted) or >= {smallest} for {self.model}")
 
     @property
     def mixes_labels(self) -> bool:

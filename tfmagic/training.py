@@ -7,8 +7,11 @@ A run reads its data, builds the backbone, the optimizer and the loss, trains wi
 - `schedules.png`: learning rate and weight decay over the planned training;
 - `history.csv`: one row per epoch (loss, accuracy, validation metrics, `learning_rate` and
   `weight_decay` at the epoch's end, `epoch_time_s`, `train_images_per_s`);
-- `tensorboard/`: the same curves for TensorBoard;
-- `model.keras`: the trained model (reloads with `keras.saving.load_model`);
+- `tensorboard/`: the same curves for TensorBoard, and the recipe's fields with the final
+  metrics (`test_accuracy`, `test_loss`, `best_val_accuracy`) for its HParams dashboard;
+- `model.keras`: the trained model (reloads with `keras.saving.load_model`). With an
+  auxiliary head (`aux_loss_weight > 0`) it is the inference model, head removed, compiled
+  with the loss and accuracy but without the optimizer's state;
 - `result.json`: the outcome, written last and atomically. Its presence marks a finished run.
 
 A run that is killed continues where it stopped when it is started again with the same
@@ -30,10 +33,12 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 import tfmagic
 from tfmagic import data, models, plots
 from tfmagic.augment import pipeline as augmentation
+from tfmagic.layers import auxiliary_loss_weights, strip_auxiliary
 from tfmagic.losses import LabelSmoothingCrossEntropy
 from tfmagic.optimizers import build_optimizer
 from tfmagic.recipe import Recipe, RecipeError, write_atomic
@@ -195,17 +200,7 @@ def train(
     started = time.perf_counter()
     _check_output_dir(recipe, overwrite)
     keras.utils.set_random_seed(recipe.seed)
-    splits = data.load(
-        recipe.dataset,
-        batch_size=recipe.batch_size,
-        seed=recipe.seed,
-        train_subset=recipe.train_subset or None,
-        validation_fraction=recipe.validation_fraction,
-        image_size=recipe.image_size or None,
-        augment=augmentation.build_train_augment(recipe),
-        eval_transform=augmentation.build_eval_transform(recipe),
-        one_hot=recipe.mixes_labels,
-    )
+    splits = _load_data(recipe)
     num_classes = recipe.num_classes or splits.num_classes
     if num_classes < splits.num_classes:
         raise RecipeError(
@@ -217,7 +212,17 @@ def train(
         num_classes,
         width=recipe.width,
         downscale_activation=recipe.downscale_activation,
+        se=recipe.se,
+        drop_path_rate=recipe.drop_path_rate,
+        pooling=recipe.pooling,
+        aux_loss_weight=recipe.aux_loss_weight,
+        pretrained=recipe.pretrained,
     )
+    auxiliary = recipe.aux_loss_weight > 0
+    train_data, validation_data = splits.train, splits.validation
+    if auxiliary:
+        train_data = train_data.map(_duplicate_labels)
+        validation_data = validation_data and validation_data.map(_duplicate_labels)
     steps_per_epoch = steps_in_epoch(recipe, splits.train_size)
     lr_schedule, wd_schedule = build_schedules(recipe, steps_per_epoch)
     model.compile(
@@ -229,14 +234,7 @@ def train(
             weight_decay_schedule=wd_schedule,
             decay_mode=recipe.weight_decay_mode,
         ),
-        loss=LabelSmoothingCrossEntropy(
-            recipe.label_smoothing, recipe.label_smoothing_convention, from_logits=True
-        ),
-        metrics=[
-            keras.metrics.CategoricalAccuracy(name="accuracy")
-            if recipe.mixes_labels
-            else keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        ],
+        **_loss_and_metrics(recipe, model),
     )
 
     out = recipe.output_dir
@@ -247,13 +245,14 @@ def train(
     clock = _EpochClock(splits.train_size)
     watch = _DivergenceWatch()
     model.fit(
-        splits.train,
-        validation_data=splits.validation,
+        train_data,
+        validation_data=validation_data,
         epochs=recipe.epochs,
         shuffle=False,
         verbose=_verbosity(verbose),
         callbacks=[
             watch,
+            *([_MainOutputLogs()] if auxiliary else []),
             _ScheduleLog(),
             clock,
             keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
@@ -274,6 +273,9 @@ def train(
     resumed_from = recipe.epochs if clock.first_epoch is None else clock.first_epoch
 
     test_loss = test_accuracy = None
+    if auxiliary:
+        model = strip_auxiliary(model)
+        model.compile(**_loss_and_metrics(recipe, model))
     if not watch.diverged:
         _save_model_atomic(model, os.path.join(out, MODEL_FILE))
         test_loss, test_accuracy = (
@@ -295,9 +297,83 @@ def train(
         resumed_from_epoch=resumed_from,
         recipe=recipe,
     )
+    _log_hparams(recipe, result, os.path.join(out, TENSORBOARD_DIR))
     write_atomic(os.path.join(out, RESULT_FILE), json.dumps(result.to_json(), indent=2) + "\n")
     shutil.rmtree(os.path.join(out, BACKUP_DIR), ignore_errors=True)
     return result
+
+
+def _log_hparams(recipe: Recipe, result: TrainResult, logdir: str) -> None:
+    """Record the recipe's fields and the final metrics for TensorBoard's HParams dashboard,
+    so `tensorboard --logdir` over many runs (a checklist's, say) compares them."""
+    values = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(Recipe)
+              if f.name != "output_dir"}
+    final = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+             "best_val_accuracy": result.best_val_accuracy}
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        hparams_api.hparams(values, trial_id=os.path.abspath(recipe.output_dir))
+        for name, value in final.items():
+            if value is not None:
+                tf.summary.scalar(name, value, step=result.epochs_run)
+    writer.close()
+
+
+def _load_data(recipe: Recipe) -> data.DataSplits:
+    """The recipe's data; for a keras.applications model three channels, at least its
+    smallest input size, and its own preprocessing instead of the standardization."""
+    application = models.is_application(recipe.model)
+    options = {
+        "batch_size": recipe.batch_size,
+        "seed": recipe.seed,
+        "train_subset": recipe.train_subset or None,
+        "validation_fraction": recipe.validation_fraction,
+        "augment": augmentation.build_train_augment(recipe),
+        "eval_transform": augmentation.build_eval_transform(recipe),
+        "one_hot": recipe.mixes_labels,
+        "channels": 3 if application else None,
+        "preprocess": models.preprocess_function(recipe.model) if application else None,
+    }
+    splits = data.load(recipe.dataset, image_size=recipe.image_size or None, **options)
+    if application and min(splits.input_shape[:2]) < models.min_input_size(recipe.model):
+        splits = data.load(
+            recipe.dataset, image_size=models.min_input_size(recipe.model), **options
+        )
+    return splits
+
+
+def _loss_and_metrics(recipe: Recipe, model: keras.Model) -> dict[str, Any]:
+    """`compile` arguments: the label-smoothing loss on every output (weighted for a model
+    with an auxiliary head) and the accuracy of the main output."""
+    loss = LabelSmoothingCrossEntropy(
+        recipe.label_smoothing, recipe.label_smoothing_convention, from_logits=True
+    )
+    accuracy = (
+        keras.metrics.CategoricalAccuracy(name="accuracy")
+        if recipe.mixes_labels
+        else keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    )
+    if len(model.outputs) == 1:
+        return {"loss": loss, "metrics": [accuracy]}
+    return {
+        "loss": [loss, loss],
+        "loss_weights": auxiliary_loss_weights(model),
+        "metrics": [[accuracy], []],
+    }
+
+
+def _duplicate_labels(images: tf.Tensor, labels: tf.Tensor):
+    return images, (labels, labels)
+
+
+class _MainOutputLogs(keras.callbacks.Callback):
+    """With an auxiliary head, Keras logs the main output's accuracy as `logits_accuracy`;
+    this adds it as `accuracy` (and `val_accuracy`), the names of every other run."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for prefix in ("", "val_"):
+            if f"{prefix}logits_accuracy" in logs:
+                logs[f"{prefix}accuracy"] = logs[f"{prefix}logits_accuracy"]
 
 
 def _async_safe(callback: keras.callbacks.Callback) -> keras.callbacks.Callback:

@@ -11,7 +11,7 @@ finished one unless --overwrite is given.
 
 Exit status: 0 the run completed; 1 a bad flag value (nothing is written); 2 the
 output directory holds a run that must not be touched; 3 the run diverged (recorded in
-result.json).
+result.json); 4 the pretrained weights asked for cannot be had (offline, say).
 """
 
 import os
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     except recipe_lib.RecipeError as error:
         raise app.UsageError(f"--{error.field}={error.value}: {error.allowed}") from None
 
-    from tfmagic import data, training
+    from tfmagic import data, models, training
 
     try:
         if FLAGS.plot_schedules_only:
@@ -79,6 +79,9 @@ def main(argv: list[str]) -> int:
     except training.RunExistsError as error:
         print(f"tfmagic-train: {error}", file=sys.stderr)
         return 2
+    except models.PretrainedWeightsError as error:
+        print(f"tfmagic-train: {error}", file=sys.stderr)
+        return 4
     print(summary_line(result))
     return 0 if result.status == "completed" else 3
 

@@ -1,9 +1,11 @@
 """Pieces shared by the built-in backbones: argument checks, channel rounding and layer helpers.
 
-Every built-in backbone is a Keras functional model made of standard Keras layers only
+Every built-in backbone is a Keras functional model made of standard Keras layers
 (``Conv2D``, ``DepthwiseConv2D``, ``BatchNormalization``, ``ReLU``, ``LeakyReLU``,
-``Activation``, ``Add``, ``GlobalAveragePooling2D``, ``Dense``), so a model saved as ``.keras``
-reloads with ``safe_mode=True`` and no ``custom_objects``.
+``Activation``, ``Add``, ``GlobalAveragePooling2D``, ``Dense``) and the registered layers of
+:mod:`tfmagic.layers` (``SqueezeExcite``, ``DropPath``, ``AttentionPooling``), so a model saved
+as ``.keras`` reloads with ``safe_mode=True`` and no ``custom_objects`` once ``tfmagic`` is
+imported.
 
 Conventions kept by every backbone:
 
@@ -22,9 +24,22 @@ Conventions kept by every backbone:
 
   Those layers are named ``<block>_downscale_act``. Every other activation is a plain
   ``keras.layers.ReLU()`` named ``..._relu...``.
-- The classifier is global average pooling followed by ``Dense(num_classes, dtype="float32")``
-  named ``"logits"``: the model outputs logits (no softmax), in float32 even under a
-  mixed-precision policy, so losses take ``from_logits=True``.
+- ``se`` (default True) puts a :class:`tfmagic.layers.SqueezeExcite` (ReLU, sigmoid gate,
+  bottleneck of at least 8 channels) named ``<block>_se`` in every block; each backbone's
+  docstring says where and with which bottleneck ratio.
+- ``drop_path_rate`` (default 0) is stochastic depth (Huang et al. 2016): a
+  :class:`tfmagic.layers.DropPath` named ``<block>_drop_path`` at the end of each residual
+  branch, just before the ``<block>_add`` that merges it with the shortcut (the shortcut is
+  never dropped). The rate rises linearly with depth: block ``l`` of the ``L`` blocks of the
+  network (1-based, every block counted, with or without a residual add) gets
+  ``drop_path_rate * l / L``, so the last block gets the full rate (:func:`block_drop_rate`).
+  A rate of 0 adds no layer at all; blocks without a residual add never get one.
+- The classifier is a global pooling followed by ``Dense(num_classes, dtype="float32")`` named
+  ``"logits"``: the model outputs logits (no softmax), in float32 even under a
+  mixed-precision policy, so losses take ``from_logits=True``. The pooling is chosen by
+  ``pooling``: ``"avg"`` -> ``keras.layers.GlobalAveragePooling2D`` named ``"avg_pool"``,
+  ``"attention"`` -> :class:`tfmagic.layers.AttentionPooling` (one head, a learned query that
+  starts at zero, i.e. as exactly average pooling) named ``"attention_pool"``.
 """
 
 from __future__ import annotations
@@ -35,7 +50,10 @@ from collections.abc import Sequence
 
 import keras
 
+from tfmagic.layers import AttentionPooling, DropPath, SqueezeExcite
+
 DOWNSCALE_ACTIVATIONS = ("leaky_relu", "relu", "swish")
+POOLING_TYPES = ("avg", "attention")
 LEAKY_RELU_SLOPE = 0.1
 MIN_INPUT_SIZE = 28
 CHANNEL_DIVISOR = 8
@@ -64,6 +82,9 @@ def check_arguments(
     num_classes: int,
     width: float,
     downscale_activation: str,
+    se: bool,
+    drop_path_rate: float,
+    pooling: str,
 ) -> tuple[int, int, int]:
     """Validates the arguments shared by all backbones; returns ``input_shape`` as a tuple.
 
@@ -99,6 +120,16 @@ def check_arguments(
             f"downscale_activation must be one of {DOWNSCALE_ACTIVATIONS}, "
             f"got {downscale_activation!r}"
         )
+    if not isinstance(se, bool):
+        raise ValueError(f"se must be True or False, got {se!r}")
+    if (
+        isinstance(drop_path_rate, bool)
+        or not isinstance(drop_path_rate, numbers.Real)
+        or not 0 <= drop_path_rate < 1
+    ):
+        raise ValueError(f"drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}")
+    if not isinstance(pooling, str) or pooling not in POOLING_TYPES:
+        raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {pooling!r}")
     return height, width_px, channels
 
 
@@ -162,7 +193,38 @@ def activation(
     return keras.layers.ReLU(name=name)(x)
 
 
-def classifier(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
-    """Global average pooling and a float32 ``Dense`` that outputs logits."""
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+def squeeze_excite(x: keras.KerasTensor, ratio: float, prefix: str) -> keras.KerasTensor:
+    """A ``SqueezeExcite`` named ``<prefix>_se``; bottleneck ``max(8, round(C * ratio))``."""
+    return SqueezeExcite(ratio=ratio, name=f"{prefix}_se")(x)
+
+
+def block_drop_rate(drop_path_rate: float, block: int, blocks: int) -> float:
+    """The stochastic-depth rate of block ``block`` (1-based) of ``blocks``, linear in depth.
+
+    Example:
+        >>> [block_drop_rate(0.5, block, 4) for block in (1, 2, 3, 4)]
+        [0.125, 0.25, 0.375, 0.5]
+    """
+    return drop_path_rate * block / blocks
+
+
+def residual_add(
+    branch: keras.KerasTensor, shortcut: keras.KerasTensor, drop_rate: float, prefix: str
+) -> keras.KerasTensor:
+    """``Add`` named ``<prefix>_add`` of ``shortcut`` and ``branch``.
+
+    With ``drop_rate > 0`` the branch first goes through ``DropPath(drop_rate)`` named
+    ``<prefix>_drop_path``; with 0 there is no such layer.
+    """
+    if drop_rate > 0:
+        branch = DropPath(drop_rate, name=f"{prefix}_drop_path")(branch)
+    return keras.layers.Add(name=f"{prefix}_add")([branch, shortcut])
+
+
+def classifier(x: keras.KerasTensor, num_classes: int, pooling: str) -> keras.KerasTensor:
+    """Global pooling (``"avg"`` or ``"attention"``) and a float32 ``Dense`` for logits."""
+    if pooling == "attention":
+        x = AttentionPooling(name="attention_pool")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)

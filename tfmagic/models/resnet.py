@@ -1,15 +1,16 @@
 """CIFAR-style ResNets (He et al. 2016, "Deep Residual Learning", section 4.2).
 
-A network of depth ``6n + 2``: a stem, three stages of ``n`` basic blocks each, global average
+A network of depth ``6n + 2``: a stem, three stages of ``n`` basic blocks each, a global
 pooling and a dense layer (``resnet20``: n=3, ``resnet56``: n=9)::
 
     stem      conv3x3(16) - BN - act          stride 1 if min(H, W) < 64, else stride 2
     stage1    n x BasicBlock(16)              stride 1
     stage2    n x BasicBlock(32)              first block stride 2
     stage3    n x BasicBlock(64)              first block stride 2
-    head      global average pool - Dense(num_classes) -> logits
+    head      global pool - Dense(num_classes) -> logits
 
-    BasicBlock(f):  conv3x3(f, stride s) - BN - act - conv3x3(f) - BN  (+)  shortcut  - ReLU
+    BasicBlock(f):  conv3x3(f, stride s) - BN - act - conv3x3(f) - BN - [SE] - [DropPath]
+                    (+) shortcut - ReLU
     shortcut:       identity, or conv1x1(f, stride s) - BN where the shape changes
                     (the first block of stage2 and stage3: option B of the paper)
 
@@ -24,9 +25,20 @@ Filters are ``16, 32, 64`` times ``width``, rounded by
 losing more than 10% (width 1 keeps 16/32/64 exactly; width 0.5 gives 8/16/32; width 2 gives
 32/64/128).
 
+Options of every block (see :mod:`tfmagic.models.common`):
+
+- ``se=True`` (the default): a squeeze-and-excitation on the residual branch after its last
+  batch norm, before the addition (the SE-ResNet placement of Hu et al. 2018), with bottleneck
+  ``max(8, round(f / 4))``: 8/8/16 channels at width 1.
+- ``drop_path_rate > 0``: stochastic depth on the residual branch, after the SE, in every block
+  (also those with a projection shortcut; the shortcut is never dropped); block ``l`` of the
+  ``3n`` blocks gets ``drop_path_rate * l / (3n)``.
+- ``pooling``: ``"avg"`` (global average pooling) or ``"attention"`` (attention pooling).
+
 Layer names: ``stem_conv``, ``stem_bn``, ``stem_relu`` or ``stem_downscale_act``, and per block
 ``stage{i}_block{j}_`` + ``conv1``, ``bn1``, ``relu1`` or ``downscale_act``, ``conv2``, ``bn2``,
-``shortcut_conv``, ``shortcut_bn``, ``add``, ``out_relu``; then ``avg_pool`` and ``logits``.
+``se``, ``drop_path``, ``shortcut_conv``, ``shortcut_bn``, ``add``, ``out_relu``; then
+``avg_pool`` or ``attention_pool``, and ``logits``.
 """
 
 from __future__ import annotations
@@ -38,15 +50,19 @@ import keras
 from tfmagic.models.common import (
     activation,
     batch_norm,
+    block_drop_rate,
     check_arguments,
     classifier,
     conv,
+    residual_add,
     round_channels,
+    squeeze_excite,
 )
 
 STAGE_FILTERS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
 LARGE_INPUT_SIZE = 64
+SE_RATIO = 0.25
 
 
 def resnet20(
@@ -55,11 +71,15 @@ def resnet20(
     *,
     width: float = 1.0,
     downscale_activation: str = "leaky_relu",
+    se: bool = True,
+    drop_path_rate: float = 0.0,
+    pooling: str = "avg",
 ) -> keras.Model:
     """ResNet-20 (n=3 basic blocks per stage) for small images.
 
     Parameters at width 1 and 10 classes (``model.count_params()``, batch-norm moving
-    statistics included): 273,754 for 28x28x1 inputs and 274,042 for 32x32x3 inputs.
+    statistics included): 282,634 for 28x28x1 inputs and 282,922 for 32x32x3 inputs with SE
+    (the default); 273,754 and 274,042 with ``se=False``.
 
     Args:
         input_shape: ``(height, width, channels)``; height and width at least 28.
@@ -67,6 +87,10 @@ def resnet20(
         width: multiplier of the 16/32/64 stage filters (> 0).
         downscale_activation: activation after each stride-2 layer, one of
             ``DOWNSCALE_ACTIVATIONS``.
+        se: whether each block has a squeeze-and-excitation before its addition.
+        drop_path_rate: stochastic-depth rate of the last block, in [0, 1); the rates rise
+            linearly from the first block, and 0 means no ``DropPath`` layers.
+        pooling: the global pooling before the logits, one of ``POOLING_TYPES``.
 
     Returns:
         An uncompiled ``keras.Model`` named ``"resnet20"``.
@@ -87,6 +111,9 @@ def resnet20(
         num_classes,
         width=width,
         downscale_activation=downscale_activation,
+        se=se,
+        drop_path_rate=drop_path_rate,
+        pooling=pooling,
     )
 
 
@@ -96,11 +123,15 @@ def resnet56(
     *,
     width: float = 1.0,
     downscale_activation: str = "leaky_relu",
+    se: bool = True,
+    drop_path_rate: float = 0.0,
+    pooling: str = "avg",
 ) -> keras.Model:
     """ResNet-56 (n=9 basic blocks per stage) for small images.
 
     Parameters at width 1 and 10 classes (``model.count_params()``, batch-norm moving
-    statistics included): 859,738 for 28x28x1 inputs and 860,026 for 32x32x3 inputs.
+    statistics included): 886,378 for 28x28x1 inputs and 886,666 for 32x32x3 inputs with SE
+    (the default); 859,738 and 860,026 with ``se=False``.
 
     Args:
         input_shape: ``(height, width, channels)``; height and width at least 28.
@@ -108,6 +139,10 @@ def resnet56(
         width: multiplier of the 16/32/64 stage filters (> 0).
         downscale_activation: activation after each stride-2 layer, one of
             ``DOWNSCALE_ACTIVATIONS``.
+        se: whether each block has a squeeze-and-excitation before its addition.
+        drop_path_rate: stochastic-depth rate of the last block, in [0, 1); the rates rise
+            linearly from the first block, and 0 means no ``DropPath`` layers.
+        pooling: the global pooling before the logits, one of ``POOLING_TYPES``.
 
     Returns:
         An uncompiled ``keras.Model`` named ``"resnet56"``.
@@ -124,6 +159,9 @@ def resnet56(
         num_classes,
         width=width,
         downscale_activation=downscale_activation,
+        se=se,
+        drop_path_rate=drop_path_rate,
+        pooling=pooling,
     )
 
 
@@ -135,8 +173,13 @@ def _resnet(
     *,
     width: float,
     downscale_activation: str,
+    se: bool,
+    drop_path_rate: float,
+    pooling: str,
 ) -> keras.Model:
-    shape = check_arguments(input_shape, num_classes, width, downscale_activation)
+    shape = check_arguments(
+        input_shape, num_classes, width, downscale_activation, se, drop_path_rate, pooling
+    )
     filters = [round_channels(base * width) for base in STAGE_FILTERS]
 
     inputs = keras.Input(shape=shape)
@@ -145,19 +188,23 @@ def _resnet(
     x = batch_norm(x, "stem_bn")
     x = activation(x, stem_strides, downscale_activation, "stem", "relu")
 
+    total_blocks = len(STAGE_FILTERS) * blocks_per_stage
     for stage, (stage_filters, stage_strides) in enumerate(
         zip(filters, STAGE_STRIDES, strict=True), start=1
     ):
         for block in range(1, blocks_per_stage + 1):
+            depth = (stage - 1) * blocks_per_stage + block
             x = _basic_block(
                 x,
                 stage_filters,
                 stage_strides if block == 1 else 1,
                 downscale_activation,
+                se,
+                block_drop_rate(drop_path_rate, depth, total_blocks),
                 f"stage{stage}_block{block}",
             )
 
-    return keras.Model(inputs, classifier(x, num_classes), name=name)
+    return keras.Model(inputs, classifier(x, num_classes, pooling), name=name)
 
 
 def _basic_block(
@@ -165,6 +212,8 @@ def _basic_block(
     filters: int,
     strides: int,
     downscale_activation: str,
+    se: bool,
+    drop_rate: float,
     prefix: str,
 ) -> keras.KerasTensor:
     shortcut = x
@@ -177,5 +226,7 @@ def _basic_block(
     x = activation(x, strides, downscale_activation, prefix, "relu1")
     x = conv(x, filters, 3, 1, f"{prefix}_conv2")
     x = batch_norm(x, f"{prefix}_bn2")
-    x = keras.layers.Add(name=f"{prefix}_add")([x, shortcut])
+    if se:
+        x = squeeze_excite(x, SE_RATIO, prefix)
+    x = residual_add(x, shortcut, drop_rate, prefix)
     return keras.layers.ReLU(name=f"{prefix}_out_relu")(x)

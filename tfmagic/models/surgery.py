@@ -280,7 +280,7 @@ def add_squeeze_excite(
 
     Example:
         >>> from tfmagic.models import build_model
-        >>> model = build_model("resnet20", (32, 32, 3), 10)
+        >>> model = build_model("resnet20", (32, 32, 3), 10, se=False)
         >>> new_model, report = add_squeeze_excite(model)
         >>> report.count, report.changed[0]
         (9, 'stage1_block1_bn2_se')
