@@ -12,7 +12,10 @@ from tfmagic.augment import pipeline
 from tfmagic.recipe import Recipe
 from tfmagic.training import train
 
-QUICK = dict(train_subset=3000, batch_size=64, width=0.5, lr=0.05, warmup_epochs=0.3, seed=5)
+# Without SE: its gates slow the first epochs of a small ResNet, and these runs measure the
+# augmentation, not the architecture.
+QUICK = dict(train_subset=3000, batch_size=64, width=0.5, lr=0.05, warmup_epochs=0.3, seed=5,
+             se=False)
 
 
 def _load(recipe, **extra):

@@ -119,6 +119,13 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path):
     with pytest.raises(RunExistsError, match="changed: lr"):
         train(Recipe(epochs=3, output_dir=str(out), **{**QUICK, "lr": 0.02}), verbose=0)
 
+    # A kill while the next epoch's checkpoint and history row were being written leaves a
+    # truncated weights file and half a row; the run must continue from the last whole ones.
+    assert sorted(os.listdir(out / "backup")) == ["epoch-2.weights.h5",
+                                                  "training_metadata.json"]
+    (out / "backup" / "epoch-3.weights.h5").write_bytes(b"\x89HDF\r\n")
+    with open(out / "history.csv", "a") as f:
+        f.write("2,0.51,0.8")
     result = train(recipe, verbose=0)
     assert result.resumed_from_epoch == 2
     assert result.epochs_run == 3
@@ -224,6 +231,9 @@ def test_auxiliary_head_trains_and_is_left_out_of_the_saved_model(tmp_path):
     assert len(saved.outputs) == 1
     assert "auxiliary_head" not in [layer.name for layer in saved.layers]
     assert saved.count_params() == result.params
+    assert not saved.compiled
+    saved.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
     splits = data.load("fashion_mnist", batch_size=256, train_subset=2000, seed=3)
     _, accuracy = saved.evaluate(splits.test, verbose=0)
     assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6)

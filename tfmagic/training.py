@@ -10,8 +10,8 @@ A run reads its data, builds the backbone, the optimizer and the loss, trains wi
 - `tensorboard/`: the same curves for TensorBoard, and the recipe's fields with the final
   metrics (`test_accuracy`, `test_loss`, `best_val_accuracy`) for its HParams dashboard;
 - `model.keras`: the trained model (reloads with `keras.saving.load_model`). With an
-  auxiliary head (`aux_loss_weight > 0`) it is the inference model, head removed, compiled
-  with the loss and accuracy but without the optimizer's state;
+  auxiliary head (`aux_loss_weight > 0`) it is the inference model, head removed, and not
+  compiled;
 - `result.json`: the outcome, written last and atomically. Its presence marks a finished run.
 
 A run that is killed continues where it stopped when it is started again with the same
@@ -242,6 +242,7 @@ def train(
     recipe.to_flagfile(os.path.join(out, RECIPE_FILE))
     plots.draw_schedules(recipe, lr_schedule, wd_schedule, steps_per_epoch,
                          os.path.join(out, SCHEDULES_PLOT))
+    _drop_partial_line(os.path.join(out, HISTORY_FILE))
     clock = _EpochClock(splits.train_size)
     watch = _DivergenceWatch()
     model.fit(
@@ -263,9 +264,7 @@ def train(
             # Last of tfmagic's own: an epoch is checkpointed only after its row is logged, so
             # a kill in between repeats the epoch (and _tidy_history keeps one row) instead of
             # losing the row.
-            _async_safe(keras.callbacks.BackupAndRestore(
-                os.path.join(out, BACKUP_DIR), save_freq="epoch", delete_checkpoint=False
-            )),
+            _async_safe(_AtomicBackup(os.path.join(out, BACKUP_DIR))),
             *(callbacks or []),
         ],
     )
@@ -275,9 +274,10 @@ def train(
     test_loss = test_accuracy = None
     if auxiliary:
         model = strip_auxiliary(model)
-        model.compile(**_loss_and_metrics(recipe, model))
     if not watch.diverged:
         _save_model_atomic(model, os.path.join(out, MODEL_FILE))
+        if auxiliary:
+            model.compile(**_loss_and_metrics(recipe, model))
         test_loss, test_accuracy = (
             float(v) for v in model.evaluate(splits.test, verbose=0, return_dict=False)
         )
@@ -467,6 +467,51 @@ def _check_output_dir(recipe: Recipe, overwrite: bool) -> None:
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+class _AtomicBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore (once per epoch, kept after training) whose checkpoint survives a
+    kill at any moment.
+
+    Keras writes the weights and the epoch number in place, one after the other, so a kill
+    while writing leaves a corrupt or mismatched checkpoint. Here the weights after epoch N
+    go to their own file ``epoch-N.weights.h5``; only then is ``training_metadata.json``
+    replaced (atomically) to name them, and older weight files are removed. A restart finds
+    either the previous checkpoint or the new one, both whole.
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        weights = f"epoch-{self._current_epoch}.weights.h5"
+        self.model.save_weights(os.path.join(self.backup_dir, weights), overwrite=True)
+        write_atomic(self._training_metadata_path,
+                     json.dumps({"epoch": self._current_epoch, "weights": weights}))
+        for name in os.listdir(self.backup_dir):
+            if name.endswith(".weights.h5") and name != weights:
+                os.remove(os.path.join(self.backup_dir, name))
+
+    def _load_model(self):
+        if not os.path.exists(self._training_metadata_path):
+            return
+        with open(self._training_metadata_path) as f:
+            metadata = json.load(f)
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        self.model._initial_epoch = metadata["epoch"]
+
+
+def _drop_partial_line(path: str) -> None:
+    """Cut a history file after its last complete line (a kill may interrupt a row)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        text = f.read()
+        f.truncate(text.rfind(b"\n") + 1)
 
 
 def _tidy_history(path: str) -> list[dict[str, float]]:
