@@ -20,6 +20,7 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
+from tfmagic.cli import recipe_from_flags, usage_error
 
 FLAGS = flags.FLAGS
 recipe_lib.define_flags(FLAGS)
@@ -57,12 +58,7 @@ def summary_line(result) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        recipe = recipe_lib.from_flags(FLAGS)
-    except recipe_lib.RecipeError as error:
-        raise app.UsageError(f"--{error.field}={error.value}: {error.allowed}") from None
+    recipe = recipe_from_flags(argv, FLAGS)
 
     from tfmagic import data, models, training
 
@@ -73,7 +69,7 @@ def main(argv: list[str]) -> int:
             return _preview_augment(recipe)
         result = training.train(recipe, overwrite=FLAGS.overwrite)
     except recipe_lib.RecipeError as error:
-        raise app.UsageError(f"--{error.field}={error.value}: {error.allowed}") from None
+        raise usage_error(error) from None
     except data.DataError as error:
         raise app.UsageError(str(error)) from None
     except training.RunExistsError as error:

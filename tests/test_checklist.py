@@ -1,0 +1,280 @@
+"""The checklist: the trial set, a real parallel run, kill -9 and resume, failures, Ray."""
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tfmagic.checklist import report, runner
+from tfmagic.checklist.trials import (
+    EXTENDED_TRIAL_NAMES,
+    TRIAL_NAMES,
+    Trial,
+    checklist_trials,
+)
+from tfmagic.recipe import Recipe
+from tfmagic.training import train
+
+ISSUE_TRIALS = [
+    "lr_gamma", "lr_cosine", "opt_sgd_momentum", "opt_adam", "pretrained", "aug_color",
+    "wd_higher", "wd_lower", "ls_0", "ls_0.2", "wd_linear", "mixup", "se_off", "act_relu",
+    "act_swish",
+]
+CHANGED_FIELDS = {
+    "lr_gamma": {"lr_schedule"}, "lr_cosine": {"lr_schedule"},
+    "opt_sgd_momentum": {"optimizer"}, "opt_adam": {"optimizer", "lr"},
+    "pretrained": {"pretrained"}, "aug_color": {"augment"},
+    "wd_higher": {"weight_decay"}, "wd_lower": {"weight_decay"},
+    "ls_0": {"label_smoothing"}, "ls_0.2": {"label_smoothing"},
+    "wd_linear": {"weight_decay_schedule"}, "mixup": {"mixup_alpha"}, "se_off": {"se"},
+    "act_relu": {"downscale_activation"}, "act_swish": {"downscale_activation"},
+    "bs_half": {"batch_size", "lr"}, "bs_double": {"batch_size", "lr"},
+    "aux_loss": {"aux_loss_weight"}, "crop_rrc": {"crop_scheme"}, "cutout": {"cutout"},
+    "attention_pool": {"pooling"}, "wd_cycles": {"weight_decay_schedule"},
+    "wd_lr": {"weight_decay_schedule"}, "drop_path": {"drop_path_rate"},
+}
+QUICK = dict(train_subset=1000, validation_fraction=0.1, batch_size=64, width=0.25, epochs=3,
+             warmup_epochs=0.2, augment="none", crop_scheme="none")
+
+
+def _differences(a: Recipe, b: Recipe) -> set[str]:
+    return {f.name for f in dataclasses.fields(Recipe) if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def test_the_fifteen_trials_each_change_only_their_own_fields():
+    baseline = Recipe(model="keras:MobileNetV2")
+    trials, skipped = checklist_trials(baseline)
+    assert [t.name for t in trials] == ISSUE_TRIALS == list(TRIAL_NAMES)
+    assert skipped == []
+    for trial in trials:
+        assert _differences(trial.recipe(baseline), baseline) == CHANGED_FIELDS[trial.name]
+    by_name = {t.name: t.recipe(baseline) for t in trials}
+    assert by_name["wd_higher"].weight_decay == pytest.approx(4 * baseline.weight_decay)
+    assert by_name["wd_lower"].weight_decay == pytest.approx(baseline.weight_decay / 4)
+    assert by_name["opt_adam"].lr == pytest.approx(baseline.lr / 100)
+    assert by_name["pretrained"].pretrained == "imagenet"
+    assert by_name["ls_0.2"].label_smoothing == 0.2
+    assert by_name["mixup"].mixup_alpha > 0
+
+
+def test_extended_trials_and_skips_with_reasons():
+    baseline = Recipe()
+    trials, skipped = checklist_trials(baseline, extended=True)
+    names = [t.name for t in trials]
+    assert names == [n for n in (*TRIAL_NAMES, *EXTENDED_TRIAL_NAMES) if n != "pretrained"]
+    assert [s.name for s in skipped] == ["pretrained"]
+    assert "no pretrained weights" in skipped[0].reason
+    for trial in trials:
+        assert _differences(trial.recipe(baseline), baseline) == CHANGED_FIELDS[trial.name]
+    doubled = next(t for t in trials if t.name == "bs_double").recipe(baseline)
+    assert (doubled.batch_size, doubled.lr) == (256, pytest.approx(0.2))
+
+    relu = dataclasses.replace(baseline, downscale_activation="relu", se=False)
+    trials, skipped = checklist_trials(relu, names=["act_relu", "act_swish", "se_off"])
+    assert [t.name for t in trials] == ["act_swish"]
+    assert {s.name: s.reason for s in skipped} == {
+        "act_relu": "the baseline already has downscale_activation=relu",
+        "se_off": "the baseline has no squeeze-and-excitation (se=False)",
+    }
+    with pytest.raises(ValueError, match="^trials=lr_onecycle is not allowed"):
+        checklist_trials(baseline, names=["lr_onecycle"])
+
+
+@pytest.fixture(scope="module")
+def checklist_run(tmp_path_factory):
+    """The whole checklist on a Fashion-MNIST subset, 2 workers, plus a trial that diverges."""
+    out = tmp_path_factory.mktemp("checklist") / "out"
+    boom = Trial("boom", "boom", "a learning rate that diverges", {"lr": 1e12})
+    result = runner.run(Recipe(**QUICK), str(out), workers=2,
+                        trials=[*TRIAL_NAMES, boom], progress=None)
+    return result, out
+
+
+def test_real_checklist_writes_every_result_and_report_row(checklist_run):
+    result, out = checklist_run
+    expected = ["baseline", *[n for n in TRIAL_NAMES if n != "pretrained"], "boom"]
+    for name in expected:
+        run_dir = out / "trials" / name / "seed0"
+        assert (run_dir / "result.json").exists(), name
+        assert (run_dir / "history.csv").exists(), name
+    completed = {o.key for o in result.completed}
+    assert completed == {f"{n}-seed0" for n in expected if n != "boom"}
+    assert [o.key for o in result.failed] == ["boom-seed0"]
+    assert "diverged" in result.failed[0].reason
+    for name in ("report.md", "summary.csv", "report.png", "curves.png", "best.cfg"):
+        assert (out / name).stat().st_size > 0, name
+    text = (out / "report.md").read_text()
+    for name in [*expected, "pretrained"]:
+        assert name in text, name
+    assert "unreliable" in text
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_name = {row["name"]: row for row in rows}
+    assert set(by_name) == {*expected, "pretrained"}
+    for name in expected[:-1]:
+        saved = json.loads((out / "trials" / name / "seed0" / "result.json").read_text())
+        assert float(by_name[name]["test_accuracy_mean"]) == pytest.approx(
+            saved["test_accuracy"], abs=1e-6)
+        assert by_name[name]["status"] == "completed"
+    assert by_name["boom"]["status"] == "failed"
+    assert by_name["pretrained"]["status"] == "skipped"
+    baseline_result = json.loads((out / "trials/baseline/seed0/result.json").read_text())
+    assert baseline_result["test_accuracy"] > 0.25
+    plan = json.loads((out / "plan.json").read_text())
+    assert [t["name"] for t in plan["trials"]] == expected
+
+
+def test_best_cfg_parses_and_trains(checklist_run, tmp_path):
+    _, out = checklist_run
+    best = Recipe.from_flagfile(out / "best.cfg")
+    assert _differences(best, Recipe(**QUICK)) <= {"output_dir"} | set().union(
+        *CHANGED_FIELDS.values())
+    trained = train(dataclasses.replace(best, output_dir=str(tmp_path / "best")), verbose=0)
+    assert trained.status == "completed"
+
+
+def test_finished_checklist_is_not_redone_and_report_only(checklist_run):
+    result, out = checklist_run
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").rglob("*") if p.is_file()}
+    again = runner.run(Recipe(**QUICK), str(out), workers=2,
+                       trials=[*TRIAL_NAMES, Trial("boom", "boom", "a learning rate that "
+                                                   "diverges", {"lr": 1e12})], progress=None)
+    assert {o.key for o in again.completed} == {o.key for o in result.completed}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    with pytest.raises(runner.ChecklistError, match="another baseline"):
+        runner.run(Recipe(**{**QUICK, "lr": 0.05}), str(out), trials=[], progress=None)
+
+
+def _cli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfmagic.cli.checklist", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, **kwargs,
+    )
+
+
+def test_kill_9_then_the_same_command_continues(tmp_path):
+    out = tmp_path / "killed"
+    args = ["--train_subset=1000", "--validation_fraction=0.1", "--batch_size=64", "--width=0.25",
+            "--epochs=4", "--augment=none", "--crop_scheme=none", f"--out={out}",
+            "--trials=ls_0", "--workers=1"]
+    process = _cli(*args)
+    second = out / "trials" / "ls_0" / "seed0"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (second / "backup" / "training_metadata.json").exists():
+            break
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (second / "result.json").exists()
+    first = out / "trials" / "baseline" / "seed0"
+    stamps = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+
+    process = _cli(*args)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "1 of 2 runs already done" in output
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == stamps
+    resumed = json.loads((second / "result.json").read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["resumed_from_epoch"] >= 1
+    assert resumed["epochs_run"] == 4
+    text = (out / "report.md").read_text()
+    assert "ls_0" in text and "baseline" in text
+
+    (out / "report.md").unlink()
+    process = _cli(*args, "--report_only")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert (out / "report.md").read_text().split("## Time")[0] == text.split("## Time")[0]
+
+
+def test_bad_checklist_flags_are_usage_errors(tmp_path):
+    process = _cli("--trials=lr_gamma,lr_onecycle", f"--out={tmp_path / 'x'}")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert "trials=lr_onecycle is not allowed" in output
+    assert not (tmp_path / "x").exists()
+
+
+def test_print_commands_writes_flagfiles_that_match_the_trials(tmp_path):
+    out = tmp_path / "printed"
+    done = subprocess.run(
+        [sys.executable, "-m", "tfmagic.cli.checklist", "--epochs=2", f"--out={out}",
+         "--seeds=2", "--print_commands"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 * 15
+    assert all(line.startswith("tfmagic-train --flagfile=") for line in lines)
+    recipes = [Recipe.from_flagfile(line.split("=", 1)[1]) for line in lines]
+    assert {r.seed for r in recipes} == {0, 1}
+    lr_gamma = [r for r in recipes if r.output_dir.endswith("lr_gamma/seed1")]
+    assert len(lr_gamma) == 1 and lr_gamma[0].lr_schedule == "gamma"
+    assert not (out / "trials").exists()
+
+
+@pytest.fixture
+def ray_cluster():
+    """A local Ray cluster started like a real one (`ray start --head`), stopped afterwards.
+
+    Its temporary directory is short: Ray's Unix sockets live there, and socket paths are
+    limited to about 100 characters.
+    """
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    port = "6391"
+    started = subprocess.run(
+        [*ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=false",
+         "--disable-usage-stats"], capture_output=True, text=True, timeout=300, check=False)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    yield f"127.0.0.1:{port}"
+    subprocess.run([*ray, "stop", "--force"], check=False, capture_output=True, timeout=300)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_runner_on_a_local_cluster(ray_cluster, tmp_path):
+    out = tmp_path / "ray_out"
+    result = runner.run(Recipe(**QUICK), str(out), trials=["ls_0"],
+                        runner="ray", ray_address=ray_cluster, progress=None)
+    assert sorted(o.key for o in result.completed) == ["baseline-seed0", "ls_0-seed0"]
+    for name in ("baseline", "ls_0"):
+        saved = json.loads((out / "trials" / name / "seed0" / "result.json").read_text())
+        assert saved["status"] == "completed"
+    assert (out / "report.md").exists()
+
+
+def test_confirm_trains_best_and_leave_one_out_variants(tmp_path):
+    out = tmp_path / "confirm"
+    slow = Recipe(**{**QUICK, "lr": 0.002})
+    trials = [Trial("lr_up", "lr", "a working learning rate", {"lr": 0.1}),
+              Trial("epochs_up", "epochs", "twice the epochs", {"epochs": 6})]
+    result = runner.run(slow, str(out), workers=2, trials=trials, confirm=True, progress=None)
+    assert not result.failed
+    best, merged = report.best_recipe(out)
+    assert sorted(merged) == ["epochs_up", "lr_up"]
+    assert (best.lr, best.epochs) == (0.1, 6)
+    plan = json.loads((out / "plan.json").read_text())
+    confirm = {t["name"]: t["change"] for t in plan["trials"] if t["group"] == "confirm"}
+    assert confirm == {
+        "confirm_best": {"lr": 0.1, "epochs": 6},
+        "confirm_without_lr_up": {"epochs": 6},
+        "confirm_without_epochs_up": {"lr": 0.1},
+    }
+    for name in confirm:
+        saved = json.loads((out / "trials" / name / "seed0" / "result.json").read_text())
+        assert saved["recipe"]["lr"] == confirm[name].get("lr", 0.002)
+        assert saved["recipe"]["epochs"] == confirm[name].get("epochs", 3)
+    assert "Do the winners combine?" in (out / "report.md").read_text()

@@ -1,0 +1,428 @@
+"""Checklist statistics and report: verdicts against an independent Welch computation, and
+every report file built from real run directories (result.json, history.csv, failure.json)."""
+
+import csv
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from tfmagic.checklist.report import best_recipe, collect, write_report
+from tfmagic.checklist.stats import Verdict, verdict, welch_t_test
+from tfmagic.recipe import Recipe
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BASE = [0.80, 0.81, 0.805]
+
+
+def reference_welch(baseline, trial):
+    """Welch's test written out: (delta, standard error, two-sided p)."""
+    b, t = np.asarray(baseline), np.asarray(trial)
+    vb, vt = b.var(ddof=1) / len(b), t.var(ddof=1) / len(t)
+    se = math.sqrt(vb + vt)
+    statistic = (t.mean() - b.mean()) / se
+    df = (vb + vt) ** 2 / (vb**2 / (len(b) - 1) + vt**2 / (len(t) - 1))
+    return t.mean() - b.mean(), se, 2 * scipy_stats.t.sf(abs(statistic), df)
+
+
+# --- stats ------------------------------------------------------------------------------
+
+
+def test_clearly_better_matches_independent_welch():
+    trial = [0.85, 0.86, 0.855]
+    delta, se, p = reference_welch(BASE, trial)
+    result = verdict(BASE, trial)
+    assert result.label == "better" and result.reliable
+    assert result.delta_mean == pytest.approx(0.05)
+    assert result.delta_mean == pytest.approx(delta)
+    assert result.delta_std == pytest.approx(se) == pytest.approx(math.sqrt(2 * 2.5e-5 / 3))
+    assert result.p_value == pytest.approx(p, rel=1e-9)
+    assert result.p_value < 0.001                      # t = 12.25 with 4 degrees of freedom
+    t, p_direct = welch_t_test(trial, BASE)
+    assert t == pytest.approx(0.05 / se) and p_direct == pytest.approx(p)
+
+
+def test_clearly_worse():
+    trial = [0.75, 0.77, 0.76]
+    delta, se, p = reference_welch(BASE, trial)
+    result = verdict(BASE, trial)
+    assert result == Verdict("worse", pytest.approx(delta), pytest.approx(se),
+                             pytest.approx(p), True)
+    assert result.delta_mean == pytest.approx(-0.045) and result.p_value < 0.01
+
+
+def test_seed_noise_is_no_clear_difference():
+    baseline, trial = [0.80, 0.82, 0.81], [0.805, 0.815, 0.812]
+    _, se, p = reference_welch(baseline, trial)
+    result = verdict(baseline, trial)
+    assert result.label == "no clear difference" and result.reliable
+    assert result.p_value == pytest.approx(p) and result.p_value > 0.5
+    assert result.delta_std == pytest.approx(se)
+
+
+def test_alpha_decides():
+    baseline, trial = [0.80, 0.81, 0.805], [0.81, 0.82, 0.80]
+    p = reference_welch(baseline, trial)[2]
+    assert 0.05 < p < 0.7
+    assert verdict(baseline, trial).label == "no clear difference"
+    assert verdict(baseline, trial, alpha=0.8).label == "better"
+
+
+def test_one_seed_uses_min_delta_and_is_unreliable():
+    result = verdict([0.80], [0.81])
+    assert result.label == "better" and not result.reliable
+    assert result.p_value is None and math.isnan(result.delta_std)
+    assert result.delta_mean == pytest.approx(0.01)
+    assert verdict([0.80], [0.803]).label == "no clear difference"
+    assert verdict([0.80, 0.81], [0.79]).label == "worse"          # one seed on one side
+    assert verdict([0.80], [0.81], min_delta=0.02).label == "no clear difference"
+    assert verdict([0.80], [0.80], min_delta=0.0).label == "no clear difference"
+
+
+def test_zero_variance():
+    assert welch_t_test([0.8, 0.8, 0.8], [0.8, 0.8]) == (0.0, 1.0)
+    assert welch_t_test([0.8, 0.8, 0.8], [0.81, 0.81]) == (-math.inf, 0.0)
+    same = verdict([0.1, 0.1, 0.1], [0.1, 0.1, 0.1])     # 0.1 * 3 / 3 != 0.1 in floats
+    assert same.label == "no clear difference" and same.p_value == 1.0
+    apart = verdict([0.8, 0.8, 0.8], [0.81, 0.81, 0.81])
+    assert apart.label == "better" and apart.p_value == 0.0 and apart.delta_std == 0.0
+    one_side = verdict([0.8, 0.8, 0.8], [0.83, 0.835, 0.84])
+    delta, se, p = reference_welch([0.8, 0.8, 0.8], [0.83, 0.835, 0.84])
+    assert one_side.p_value == pytest.approx(p) and one_side.delta_std == pytest.approx(se)
+    assert one_side.label == "better" and one_side.p_value < 0.01
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda: verdict([], [0.8]), "baseline_values=[] is not allowed: must hold at least 1"),
+    (lambda: verdict([0.8], []), "trial_values=[]"),
+    (lambda: verdict([0.8], [math.nan]), "trial_values=[nan] is not allowed: must hold finite"),
+    (lambda: verdict([0.8], [0.9], alpha=1.0), "alpha=1.0 is not allowed: must be in (0, 1)"),
+    (lambda: verdict([0.8], [0.9], alpha=0), "alpha=0"),
+    (lambda: verdict([0.8], [0.9], min_delta=-0.1), "min_delta=-0.1 is not allowed: must be"),
+    (lambda: welch_t_test([0.8], [0.8, 0.9]), "a=[0.8] is not allowed: must hold at least 2"),
+    (lambda: welch_t_test([0.8, 0.9], [math.inf, 1.0]), "b=[inf, 1.0]"),
+])
+def test_bad_arguments_name_the_argument(call, words):
+    with pytest.raises(ValueError) as caught:
+        call()
+    assert words in str(caught.value)
+
+
+# --- a checklist directory built from real run files ------------------------------------
+
+
+def write_run(run_dir, test_accuracy, *, wall_time_s=100.0, validation=True, status="completed"):
+    """A finished train() directory: result.json and a 5-epoch history.csv."""
+    run_dir.mkdir(parents=True)
+    columns = ["epoch", "accuracy", "loss", "learning_rate", "weight_decay", "epoch_time_s",
+               "train_images_per_s"] + (["val_accuracy", "val_loss"] if validation else [])
+    rows = []
+    for epoch in range(5):
+        accuracy = test_accuracy * (0.6 + 0.09 * epoch)
+        values = [epoch, accuracy, 1.5 - accuracy, 0.1 / (epoch + 1), 5e-4, 20.0, 900.0]
+        rows.append(values + ([accuracy + 0.01, 1.4 - accuracy] if validation else []))
+    (run_dir / "history.csv").write_text(
+        ",".join(columns) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    diverged = status == "diverged"
+    result = {
+        "status": status, "output_dir": str(run_dir),
+        "test_accuracy": None if diverged else test_accuracy,
+        "test_loss": None if diverged else 1.0 - test_accuracy / 2,
+        "best_val_accuracy": (test_accuracy + 0.01) if validation and not diverged else None,
+        "epochs_run": 5, "wall_time_s": wall_time_s, "train_images_per_s": 900.0,
+        "params": 69426, "resumed_from_epoch": 0, "recipe": {}, "versions": {},
+    }
+    (run_dir / "result.json").write_text(json.dumps(result))
+
+
+def write_failure(run_dir, status, reason):
+    run_dir.mkdir(parents=True)
+    (run_dir / "failure.json").write_text(json.dumps({"status": status, "reason": reason}))
+
+
+def make_checklist(out, seeds, trials, skipped=()):
+    """plan.json + baseline.cfg; trials: (name, group, change, [per-seed outcome]) where an
+    outcome is an accuracy, None (pending), ("failed"|"skipped", reason) or "diverged"."""
+    baseline = Recipe(train_subset=2000, epochs=5, output_dir=str(out / "trials/baseline"))
+    out.mkdir(parents=True, exist_ok=True)
+    baseline.to_flagfile(out / "baseline.cfg")
+    plan_trials = []
+    for name, group, change, outcomes in trials:
+        plan_trials.append({"name": name, "group": group, "description": f"try {name}",
+                            "change": change})
+        for k, outcome in enumerate(outcomes):
+            run_dir = out / "trials" / name / f"seed{k}"
+            if isinstance(outcome, float):
+                write_run(run_dir, outcome, wall_time_s=100.0 + 10 * k)
+            elif outcome == "diverged":
+                write_run(run_dir, 0.1, wall_time_s=30.0, status="diverged")
+            elif outcome is not None:
+                write_failure(run_dir, *outcome)
+    (out / "plan.json").write_text(json.dumps({
+        "baseline": dataclasses.asdict(baseline), "seeds": seeds, "trials": plan_trials,
+        "skipped": [{"name": n, "reason": r} for n, r in skipped],
+    }))
+    return baseline
+
+
+OOM = ("failed", "ResourceExhaustedError: out of memory")
+TRIALS = [
+    ("baseline", "baseline", {}, BASE),
+    ("lr_gamma", "lr", {"lr_schedule": "gamma"}, [0.85, 0.86, 0.855]),
+    ("lr_cosine", "lr", {"lr_schedule": "cosine"}, [0.82, 0.83, 0.825]),
+    ("wd_cycles", "wd", {"weight_decay_schedule": "cycles"}, [0.83, 0.835, 0.84]),
+    ("cutout", "regularization", {"cutout": 0.25}, [0.77, 0.78, 0.775]),
+    ("mixup", "regularization", {"mixup_alpha": 0.2}, [0.80, 0.815, 0.81]),
+    ("augment_color", "augment", {"augment": "color"}, [OOM, OOM, OOM]),
+    ("crop_rrc", "crop", {"crop_scheme": "random_resized_crop"}, [0.81, 0.815, None]),
+    ("no_smoothing", "loss", {"label_smoothing": 0.0}, [None, None, None]),
+    ("adam", "optimizer", {"optimizer": "adam"}, ["diverged", 0.70, 0.71]),
+    ("crop_none", "crop", {"crop_scheme": "none"},
+     [("skipped", "not on this machine")] * 3),
+    ("confirm_best", "confirm",
+     {"lr_schedule": "gamma", "weight_decay_schedule": "cycles"}, [0.87, 0.875, 0.88]),
+    ("confirm_without_lr_gamma", "confirm", {"weight_decay_schedule": "cycles"},
+     [0.835, 0.84, 0.845]),
+    ("confirm_without_wd_cycles", "confirm", {"lr_schedule": "gamma"}, [0.865, 0.875, 0.88]),
+]
+SKIPPED = [("pretrained", "needs a keras.applications model (model=keras:NAME)")]
+
+
+@pytest.fixture
+def checklist(tmp_path):
+    out = tmp_path / "out"
+    baseline = make_checklist(out, 3, TRIALS, SKIPPED)
+    return out, baseline
+
+
+def table_row(markdown, name):
+    rows = [line for line in markdown.splitlines() if line.startswith(f"| {name} |")]
+    assert len(rows) == 1, (name, rows)
+    return [cell.strip() for cell in rows[0].strip("|").split(" | ")]
+
+
+def accuracy_text(values):
+    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
+
+
+def test_collect_counts_seeds_and_states(checklist):
+    out, _ = checklist
+    summaries = {s.name: s for s in collect(out)}
+    assert list(summaries) == [t[0] for t in TRIALS] + ["pretrained"]
+    states = {name: (s.status, s.seeds_done, s.seeds_failed, s.seeds_pending)
+              for name, s in summaries.items()}
+    assert states["baseline"] == ("completed", 3, 0, 0)
+    assert states["augment_color"] == ("failed", 0, 3, 0)
+    assert states["crop_rrc"] == ("partial", 2, 0, 1)
+    assert states["no_smoothing"] == ("pending", 0, 0, 3)
+    assert states["adam"] == ("partial", 2, 1, 0)
+    assert states["crop_none"] == ("skipped", 0, 3, 0)
+    assert states["pretrained"][0] == "skipped"
+    assert summaries["augment_color"].reasons == [
+        "seeds 0, 1, 2 failed: ResourceExhaustedError: out of memory"]
+    assert summaries["adam"].reasons == ["seed 0 failed: diverged (the loss became NaN or "
+                                         "infinite)"]
+    gamma = summaries["lr_gamma"]
+    assert gamma.test_accuracy_mean == pytest.approx(0.855)
+    assert gamma.test_accuracy_std == pytest.approx(0.005)
+    assert gamma.best_val_accuracy_mean == pytest.approx(0.865)
+    assert gamma.test_loss_mean == pytest.approx(1 - 0.855 / 2)
+    assert gamma.wall_time_mean_s == pytest.approx(110.0)
+    assert gamma.params == 69426
+    assert gamma.verdict.label == "better"
+    assert summaries["baseline"].verdict is None and summaries["no_smoothing"].verdict is None
+    assert summaries["adam"].verdict.label == "worse"
+    assert summaries["adam"].wall_time_total_s == pytest.approx(30.0 + 110.0 + 120.0)
+
+
+def test_report_files(checklist):
+    out, baseline = checklist
+    report = write_report(out, total_time_s=3660.0)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["plan.json", "baseline.cfg", "trials", "report.md", "summary.csv", "report.png",
+         "curves.png", "best.cfg"])                      # no temporary files left behind
+    markdown = (out / "report.md").read_text()
+    by_name = {name: outcomes for name, _, _, outcomes in TRIALS}
+
+    row = table_row(markdown, "baseline")
+    assert row[2] == accuracy_text(BASE) == "80.50 ± 0.50"
+    for name in ("lr_gamma", "lr_cosine", "wd_cycles", "cutout", "mixup"):
+        delta, _, p = reference_welch(BASE, by_name[name])
+        row = table_row(markdown, name)
+        assert row[2] == accuracy_text(by_name[name])
+        assert row[3] == f"{100 * delta:+.2f}"
+        assert row[4] == ("<0.001" if p < 0.001 else f"{p:.3f}")
+        expected = "no clear difference" if p >= 0.05 else ("better" if delta > 0 else "worse")
+        assert row[5] == expected
+    assert table_row(markdown, "lr_gamma")[1] == "lr_schedule: cosine_power_cycles -> gamma"
+    assert table_row(markdown, "lr_gamma")[3:6] == ["+5.00", "<0.001", "better"]
+    assert table_row(markdown, "cutout")[5] == "worse"
+    assert table_row(markdown, "mixup")[5] == "no clear difference"
+    assert table_row(markdown, "lr_gamma")[6] == "1m 50s"
+    assert table_row(markdown, "crop_rrc")[2] == "81.25 ± 0.35 (2 of 3 seeds)"
+    assert table_row(markdown, "no_smoothing")[5] == "pending"
+    assert table_row(markdown, "augment_color")[5] == "failed"
+    assert table_row(markdown, "pretrained")[1:3] == ["—", "—"]
+    assert table_row(markdown, "pretrained")[5] == "skipped"
+    assert ("- `augment_color` (failed): seeds 0, 1, 2 failed: ResourceExhaustedError: out of "
+            "memory") in markdown
+    assert "- `crop_none` (skipped): seeds 0, 1, 2 skipped: not on this machine" in markdown
+    assert "- `pretrained` (skipped): needs a keras.applications model" in markdown
+    assert "- `no_smoothing`: 3 of 3 seeds pending or running (0 done)" in markdown
+    assert "- `crop_rrc`: 1 of 3 seeds pending or running (2 done)" in markdown
+    assert "verdicts are unreliable" not in markdown
+    total = sum(100.0 + 10 * k for name, _, _, o in TRIALS for k, v in enumerate(o)
+                if isinstance(v, float)) + 30.0
+    assert total == 3440.0
+    assert "Training time: 57m 20s in all" in markdown and "Elapsed: 1h 01m." in markdown
+    assert "Welch's two-sided t-test" in markdown
+
+    with open(out / "summary.csv", newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [t[0] for t in TRIALS] + ["pretrained"]
+    for name, _, change, outcomes in TRIALS:
+        values = [v for v in outcomes if isinstance(v, float)]
+        row = rows[name]
+        assert json.loads(row["change"]) == change
+        if values:
+            assert float(row["test_accuracy_mean"]) == pytest.approx(np.mean(values))
+        else:
+            assert row["test_accuracy_mean"] == "" and row["verdict"] == ""
+        if len(values) > 1 and name != "baseline":
+            delta, se, p = reference_welch(BASE, values)
+            assert float(row["test_accuracy_std"]) == pytest.approx(np.std(values, ddof=1))
+            assert float(row["delta_mean"]) == pytest.approx(delta)
+            assert float(row["delta_std"]) == pytest.approx(se)
+            assert float(row["p_value"]) == pytest.approx(p)
+            assert row["reliable"] == "true"
+    assert rows["lr_gamma"]["verdict"] == "better" and rows["lr_gamma"]["status"] == "completed"
+    assert rows["augment_color"]["reasons"] == (
+        "seeds 0, 1, 2 failed: ResourceExhaustedError: out of memory")
+    assert rows["no_smoothing"]["status"] == "pending"
+    assert rows["no_smoothing"]["seeds_pending"] == "3"
+    assert rows["adam"]["seeds_failed"] == "1" and rows["adam"]["seeds_done"] == "2"
+    assert float(rows["adam"]["wall_time_total_s"]) == pytest.approx(260.0)
+
+    for path in (out / "report.png", out / "curves.png"):
+        data = path.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    assert report.paths == tuple(str(out / n) for n in
+                                 ("report.md", "summary.csv", "report.png", "curves.png",
+                                  "best.cfg"))
+
+    # best.cfg: the best "better" trial per group (lr_gamma beats lr_cosine), confirm ignored.
+    assert report.best_trials == ["lr_gamma", "wd_cycles"]
+    best = Recipe.from_flagfile(out / "best.cfg")
+    assert best == dataclasses.replace(baseline, lr_schedule="gamma",
+                                       weight_decay_schedule="cycles",
+                                       output_dir=str(out / "best"))
+    assert best_recipe(out) == (best, ["lr_gamma", "wd_cycles"])
+    assert "- `lr_gamma` (+5.00 points): lr_schedule=gamma" in markdown
+
+
+def test_confirm_section(checklist):
+    out, _ = checklist
+    write_report(out)
+    markdown = (out / "report.md").read_text()
+    assert "## Do the winners combine?" in markdown
+    confirm = markdown[markdown.index("## Do the winners combine?"):]
+    best = [0.87, 0.875, 0.88]
+    without_gamma = [0.835, 0.84, 0.845]
+    gap, _, p = reference_welch(best, without_gamma)
+    row = table_row(confirm, "confirm_without_lr_gamma")
+    assert row[1] == "lr_gamma" and row[2] == accuracy_text(without_gamma)
+    assert row[5:] == [f"{100 * gap:+.2f}", "<0.001" if p < 0.001 else f"{p:.3f}", "worse"]
+    assert table_row(confirm, "confirm_without_wd_cycles")[7] == "no clear difference"
+    assert table_row(confirm, "confirm_best")[4] == "better"
+    assert "best.cfg against the baseline: better (+7.00 points, p < 0.001)." in confirm
+    assert "`lr_gamma` helps on top of the others: leaving it out changes test accuracy by " \
+           f"{100 * gap:+.2f} points." in confirm
+    assert "`wd_cycles` adds nothing clear on top of the others" in confirm
+    assert "Elapsed" not in markdown
+
+
+def test_field_conflict_larger_gain_wins(tmp_path):
+    out = tmp_path / "out"
+    baseline = make_checklist(out, 3, [
+        ("baseline", "baseline", {}, BASE),
+        ("augment_color", "augment", {"augment": "color"}, [0.84, 0.85, 0.845]),
+        ("cutout_plain", "regularization", {"cutout": 0.25, "augment": "none"},
+         [0.82, 0.83, 0.825]),
+        ("mixup_color", "mixing", {"mixup_alpha": 0.2, "augment": "color"},
+         [0.815, 0.825, 0.82]),
+        ("long_warmup", "warmup", {"warmup_epochs": 4.0}, [0.83, 0.835, 0.84]),
+        ("short", "epochs", {"epochs": 3}, [0.815, 0.817, 0.819]),     # warm-up 4 >= 3 epochs
+    ])
+    report = write_report(out)
+    assert report.best_trials == ["augment_color", "long_warmup", "mixup_color"]
+    assert Recipe.from_flagfile(out / "best.cfg") == dataclasses.replace(
+        baseline, augment="color", mixup_alpha=0.2, warmup_epochs=4.0,
+        output_dir=str(out / "best"))
+    markdown = (out / "report.md").read_text()
+    assert ("- `cutout_plain` (+2.00 points) left out: it changes the same field as a larger "
+            "gain: augment (set by `augment_color`, +4.00 points).") in markdown
+    assert ("- `short` left out: together with augment_color, long_warmup, mixup_color it "
+            "makes an invalid recipe (warmup_epochs=4.0 is not allowed: must be < epochs (3))."
+            ) in markdown
+
+
+def test_single_seed_warning_and_unreliable_verdicts(tmp_path):
+    out = tmp_path / "out"
+    make_checklist(out, 1, [
+        ("baseline", "baseline", {}, [0.80]),
+        ("lr_gamma", "lr", {"lr_schedule": "gamma"}, [0.81]),
+        ("cutout", "regularization", {"cutout": 0.25}, [0.802]),
+    ])
+    report = write_report(out)
+    markdown = (out / "report.md").read_text()
+    assert "**With one seed per trial the verdicts are unreliable**" in markdown
+    assert table_row(markdown, "baseline")[2] == "80.00"
+    assert table_row(markdown, "lr_gamma")[2:6] == ["81.00", "+1.00", "n/a",
+                                                    "better (unreliable)"]
+    assert table_row(markdown, "cutout")[5] == "no clear difference (unreliable)"
+    with open(out / "summary.csv", newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert rows["lr_gamma"]["reliable"] == "false" and rows["lr_gamma"]["p_value"] == ""
+    assert rows["lr_gamma"]["delta_std"] == "" and rows["lr_gamma"]["test_accuracy_std"] == ""
+    assert report.best_trials == ["lr_gamma"]
+
+
+def test_report_before_anything_finished(tmp_path):
+    out = tmp_path / "out"
+    baseline = make_checklist(out, 2, [
+        ("baseline", "baseline", {}, [None, None]),
+        ("lr_gamma", "lr", {"lr_schedule": "gamma"}, [None, None]),
+    ])
+    report = write_report(out)
+    assert report.best_trials == []
+    assert Recipe.from_flagfile(out / "best.cfg") == dataclasses.replace(
+        baseline, output_dir=str(out / "best"))
+    markdown = (out / "report.md").read_text()
+    assert "No trial was judged better" in markdown
+    assert table_row(markdown, "lr_gamma")[2] == "—"
+    for path in report.paths[2:4]:
+        assert (out / path).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_curves_without_validation(tmp_path):
+    out = tmp_path / "out"
+    make_checklist(out, 1, [("baseline", "baseline", {}, [None])])
+    write_run(out / "trials/baseline/seed0", 0.8, validation=False)
+    write_report(out)
+    assert (out / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert collect(out)[0].best_val_accuracy_mean is None
+
+
+def test_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a checklist directory: it has no "
+                                                "plan.json"):
+        collect(tmp_path)
+    out = tmp_path / "out"
+    make_checklist(out, 1, [("baseline", "baseline", {}, [("crashed", "?")])])
+    with pytest.raises(ValueError, match="failure.json: status='crashed' is not allowed"):
+        write_report(out)
+    with pytest.raises(ValueError, match="total_time_s=-1.0 is not allowed"):
+        write_report(out, total_time_s=-1.0)

@@ -1,0 +1,740 @@
+"""Turn a checklist output directory into a report: which tricks help, seed noise included.
+
+The runner leaves in an output directory OUT:
+
+- `plan.json`: `{"baseline": {recipe fields}, "seeds": K, "trials": [{"name", "group",
+  "description", "change"}, ...], "skipped": [{"name", "reason"}, ...]}`. A trial's
+  `change` is relative to the baseline, also for the `confirm` group (`confirm_best` and
+  `confirm_without_<trial>`, trained from best.cfg and its leave-one-out variants);
+- `baseline.cfg`: the baseline flagfile;
+- `trials/<name>/seed<k>/` for k in 0..K-1: a `train()` run directory. `result.json` marks a
+  finished run (a `"diverged"` one counts as failed); `failure.json` (`{"status": "failed" |
+  "skipped", "reason": ...}`) one that crashed or was skipped; neither, one still pending.
+
+A report can be built at any point, from whatever exists. `write_report` writes, each
+atomically (temporary file, then rename), into OUT:
+
+- `report.md`: the baseline, a table of every trial (what changed, test accuracy mean +-
+  sample std over seeds in %, difference from the baseline in points, p-value, verdict,
+  wall time per seed), failed / skipped / pending trials with their reasons, what went into
+  best.cfg, "Do the winners combine?" when confirm trials exist, total time and how to read
+  it all. Verdicts follow `tfmagic.checklist.stats` (Welch's t-test on per-seed test
+  accuracies);
+- `summary.csv`: one row per trial, columns `SUMMARY_COLUMNS`: name, group, description,
+  change (a JSON object), status, seeds_done, seeds_failed (failed, diverged or skipped
+  seeds), seeds_pending, test_accuracy_mean, test_accuracy_std (sample std, ddof=1),
+  best_val_accuracy_mean, test_loss_mean, wall_time_mean_s and wall_time_total_s (over runs
+  with a result.json), params, delta_mean and delta_std (the trial's mean test accuracy minus
+  the baseline's, and its standard error), p_value, verdict, reliable, reasons (joined by
+  " | "). Accuracies and deltas are fractions (0.8512, not 85.12); an empty cell is "not
+  available";
+- `report.png`: the difference in test accuracy from the baseline per trial, with standard
+  error bars, coloured by verdict;
+- `curves.png`: validation accuracy per epoch (train accuracy when runs hold no validation
+  split), mean over finished seeds, one panel per group with the baseline in each;
+- `best.cfg`: the baseline plus, from each group, the trial judged "better" with the largest
+  gain. When two of those change the same field to different values, the larger gain wins
+  and the other trial is left out (as is one that would make an invalid recipe); report.md
+  says so. Its output_dir is `OUT/best`.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from tfmagic._checks import check, is_number
+from tfmagic.checklist import stats
+from tfmagic.plots import save_figure
+from tfmagic.recipe import Recipe, RecipeError, write_atomic
+from tfmagic.training import HISTORY_FILE, RESULT_FILE
+
+PLAN_FILE = "plan.json"
+BASELINE_CFG = "baseline.cfg"
+TRIALS_DIR = "trials"
+FAILURE_FILE = "failure.json"
+REPORT_MD = "report.md"
+SUMMARY_CSV = "summary.csv"
+REPORT_PNG = "report.png"
+CURVES_PNG = "curves.png"
+BEST_CFG = "best.cfg"
+BEST_DIR = "best"
+
+BASELINE = "baseline"
+CONFIRM_GROUP = "confirm"
+CONFIRM_BEST = "confirm_best"
+CONFIRM_WITHOUT = "confirm_without_"
+STATUSES = ("completed", "partial", "pending", "failed", "skipped")
+SUMMARY_COLUMNS = (
+    "name", "group", "description", "change", "status", "seeds_done", "seeds_failed",
+    "seeds_pending", "test_accuracy_mean", "test_accuracy_std", "best_val_accuracy_mean",
+    "test_loss_mean", "wall_time_mean_s", "wall_time_total_s", "params", "delta_mean",
+    "delta_std", "p_value", "verdict", "reliable", "reasons",
+)
+VERDICT_COLORS = {
+    stats.BETTER: "tab:green",
+    stats.WORSE: "tab:red",
+    stats.NO_CLEAR_DIFFERENCE: "tab:gray",
+}
+_KEY_FIELDS = ("dataset", "train_subset", "model", "width", "epochs", "batch_size", "optimizer",
+               "lr", "lr_schedule", "weight_decay", "augment")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSummary:
+    """What is known about one trial: its seeds' state, their numbers and the verdict.
+
+    Means are over the finished seeds (None when there are none); `test_accuracy_std` is the
+    sample standard deviation (None with fewer than 2 finished seeds). `verdict` compares the
+    test accuracies with the baseline's (None for the baseline itself and for trials
+    without results). `run_dirs` are the finished seeds' run directories.
+    """
+
+    name: str
+    group: str
+    description: str
+    change: dict[str, Any]
+    seeds_done: int
+    seeds_failed: int
+    seeds_pending: int
+    status: str
+    reasons: list[str]
+    test_accuracies: list[float]
+    test_accuracy_mean: float | None
+    test_accuracy_std: float | None
+    best_val_accuracy_mean: float | None
+    test_loss_mean: float | None
+    wall_time_mean_s: float | None
+    wall_time_total_s: float
+    params: int | None
+    run_dirs: list[str]
+    verdict: stats.Verdict | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What `write_report` wrote, the trial summaries and the trials merged into best.cfg."""
+
+    report_md: str
+    summary_csv: str
+    report_png: str
+    curves_png: str
+    best_cfg: str
+    summaries: list[TrialSummary]
+    best_trials: list[str]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every file written."""
+        return (self.report_md, self.summary_csv, self.report_png, self.curves_png,
+                self.best_cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    baseline: Recipe
+    seeds: int
+    trials: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Best:
+    recipe: Recipe
+    merged: list[str]
+    notes: list[str]
+
+
+def collect(out_dir: str | os.PathLike) -> list[TrialSummary]:
+    """Summarize every trial of the checklist in out_dir, in plan order.
+
+    Trials that plan.json lists as skipped (never run) come last, with status "skipped".
+    """
+    return _collect(os.fspath(out_dir), _read_plan(os.fspath(out_dir)))
+
+
+def best_recipe(out_dir: str | os.PathLike) -> tuple[Recipe, list[str]]:
+    """The baseline with the best "better" trial of each group merged in (see the module
+    docstring), output_dir `OUT/best`, and the names of the merged trials in order of gain."""
+    out_dir = os.fspath(out_dir)
+    plan = _read_plan(out_dir)
+    best = _merge_best(_collect(out_dir, plan), plan.baseline, out_dir)
+    return best.recipe, best.merged
+
+
+def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = None) -> Report:
+    """Write report.md, summary.csv, report.png, curves.png and best.cfg into out_dir.
+
+    Args:
+        out_dir: a checklist output directory (holding plan.json).
+        total_time_s: elapsed time of the whole checklist, reported next to the sum of the
+            runs' wall times; None when unknown.
+    """
+    out_dir = os.fspath(out_dir)
+    check(total_time_s is None or (is_number(total_time_s) and total_time_s >= 0),
+          "total_time_s", total_time_s, "must be None or a finite number of seconds >= 0")
+    plan = _read_plan(out_dir)
+    summaries = _collect(out_dir, plan)
+    best = _merge_best(summaries, plan.baseline, out_dir)
+    report = Report(
+        report_md=os.path.join(out_dir, REPORT_MD),
+        summary_csv=os.path.join(out_dir, SUMMARY_CSV),
+        report_png=os.path.join(out_dir, REPORT_PNG),
+        curves_png=os.path.join(out_dir, CURVES_PNG),
+        best_cfg=os.path.join(out_dir, BEST_CFG),
+        summaries=summaries,
+        best_trials=best.merged,
+    )
+    best.recipe.to_flagfile(report.best_cfg)
+    write_atomic(report.summary_csv, _summary_csv(summaries))
+    save_figure(_delta_chart(summaries), report.report_png)
+    save_figure(_curves_chart(summaries), report.curves_png)
+    write_atomic(report.report_md,
+                 _markdown(out_dir, plan, summaries, best, total_time_s))
+    return report
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+
+
+def _read_plan(out_dir: str) -> _Plan:
+    path = os.path.join(out_dir, PLAN_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{out_dir!r} is not a checklist directory: it has no {PLAN_FILE} "
+            "(tfmagic-checklist writes it before training anything)")
+    plan = _read_json(path)
+    missing = [key for key in ("baseline", "seeds", "trials")
+               if not isinstance(plan, dict) or key not in plan]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(map(repr, missing))}: a plan holds "
+                         "'baseline', 'seeds', 'trials' and optionally 'skipped'")
+    check(isinstance(plan["seeds"], int) and plan["seeds"] >= 1, f"{path}: seeds",
+          plan["seeds"], "must be an integer >= 1")
+    known = {field.name for field in dataclasses.fields(Recipe)}
+    unknown = sorted(set(plan["baseline"]) - known)
+    check(not unknown, f"{path}: baseline fields", unknown, "must all be Recipe fields")
+    baseline = Recipe(**plan["baseline"])
+    names = set()
+    for trial in plan["trials"]:
+        missing = [key for key in ("name", "group", "description", "change")
+                   if key not in trial]
+        if missing:
+            raise ValueError(f"{path}: trial {trial!r} lacks {', '.join(map(repr, missing))}")
+        check(trial["name"] not in names, f"{path}: trial name", trial["name"], "must be unique")
+        names.add(trial["name"])
+        unknown = sorted(set(trial["change"]) - known)
+        check(not unknown, f"{path}: fields changed by trial {trial['name']!r}", unknown,
+              "must all be Recipe fields")
+    skipped = plan.get("skipped", [])
+    for entry in skipped:
+        if "name" not in entry or "reason" not in entry:
+            raise ValueError(f"{path}: skipped entry {entry!r} needs 'name' and 'reason'")
+    return _Plan(baseline, plan["seeds"], plan["trials"], skipped)
+
+
+def _read_run(run_dir: str) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(state, result, reason): state is "done", "failed", "skipped" or "pending"."""
+    result_path = os.path.join(run_dir, RESULT_FILE)
+    if os.path.isfile(result_path):
+        result = _read_json(result_path)
+        if result.get("status") == "completed" and result.get("test_accuracy") is not None:
+            return "done", result, None
+        if result.get("status") == "diverged":
+            return "failed", result, "diverged (the loss became NaN or infinite)"
+        return "failed", result, f"result.json has status {result.get('status')!r}"
+    failure_path = os.path.join(run_dir, FAILURE_FILE)
+    if os.path.isfile(failure_path):
+        failure = _read_json(failure_path)
+        state = failure.get("status") if isinstance(failure, dict) else None
+        check(state in ("failed", "skipped"), f"{failure_path}: status", state,
+              "must be 'failed' or 'skipped'")
+        return state, None, str(failure.get("reason") or "no reason given")
+    return "pending", None, None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _trial_status(seeds: int, done: int, pending: int, skipped: int) -> str:
+    if done == seeds:
+        return "completed"
+    if pending == seeds:
+        return "pending"
+    if skipped == seeds:
+        return "skipped"
+    if done == 0 and pending == 0:
+        return "failed"
+    return "partial"
+
+
+def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSummary:
+    states, results, finished, run_dirs, reasons_by_text = [], [], [], [], {}
+    for k in range(seeds):
+        run_dir = os.path.join(out_dir, TRIALS_DIR, trial["name"], f"seed{k}")
+        state, result, reason = _read_run(run_dir)
+        states.append(state)
+        if result is not None:
+            results.append(result)
+        if state == "done":
+            finished.append(result)
+            run_dirs.append(run_dir)
+        if reason is not None:
+            reasons_by_text.setdefault((state, reason), []).append(k)
+    accuracies = [float(r["test_accuracy"]) for r in finished]
+    val = [float(r["best_val_accuracy"]) for r in finished
+           if r.get("best_val_accuracy") is not None]
+    losses = [float(r["test_loss"]) for r in finished if r.get("test_loss") is not None]
+    times = [float(r["wall_time_s"]) for r in results if r.get("wall_time_s") is not None]
+    params = next((int(r["params"]) for r in results if r.get("params") is not None), None)
+    reasons = [
+        f"seed{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))} {state}: {text}"
+        for (state, text), ks in reasons_by_text.items()
+    ]
+    done, pending = states.count("done"), states.count("pending")
+    return TrialSummary(
+        name=trial["name"],
+        group=trial["group"],
+        description=trial["description"],
+        change=dict(trial["change"]),
+        seeds_done=done,
+        seeds_failed=seeds - done - pending,
+        seeds_pending=pending,
+        status=_trial_status(seeds, done, pending, states.count("skipped")),
+        reasons=reasons,
+        test_accuracies=accuracies,
+        test_accuracy_mean=_mean(accuracies),
+        test_accuracy_std=float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
+        best_val_accuracy_mean=_mean(val),
+        test_loss_mean=_mean(losses),
+        wall_time_mean_s=_mean(times),
+        wall_time_total_s=float(sum(times)),
+        params=params,
+        run_dirs=run_dirs,
+        verdict=None,
+    )
+
+
+def _collect(out_dir: str, plan: _Plan) -> list[TrialSummary]:
+    summaries = [_summarize_trial(out_dir, trial, plan.seeds) for trial in plan.trials]
+    baseline = next((s for s in summaries if s.name == BASELINE), None)
+    if baseline is not None and baseline.test_accuracies:
+        summaries = [
+            s if s.name == BASELINE or not s.test_accuracies else dataclasses.replace(
+                s, verdict=stats.verdict(baseline.test_accuracies, s.test_accuracies))
+            for s in summaries
+        ]
+    for entry in plan.skipped:
+        summaries.append(TrialSummary(
+            name=entry["name"], group=entry.get("group", ""),
+            description=entry.get("description", ""), change=dict(entry.get("change", {})),
+            seeds_done=0, seeds_failed=0, seeds_pending=0, status="skipped",
+            reasons=[str(entry["reason"])], test_accuracies=[], test_accuracy_mean=None,
+            test_accuracy_std=None, best_val_accuracy_mean=None, test_loss_mean=None,
+            wall_time_mean_s=None, wall_time_total_s=0.0, params=None, run_dirs=[],
+            verdict=None,
+        ))
+    return summaries
+
+
+# --- best.cfg ---------------------------------------------------------------------------
+
+
+def _merge_best(summaries: list[TrialSummary], baseline: Recipe, out_dir: str) -> _Best:
+    winners: dict[str, TrialSummary] = {}
+    for s in summaries:
+        if (s.group in (BASELINE, CONFIRM_GROUP) or s.verdict is None
+                or s.verdict.label != stats.BETTER):
+            continue
+        if s.group not in winners or s.verdict.delta_mean > winners[s.group].verdict.delta_mean:
+            winners[s.group] = s
+    recipe = dataclasses.replace(baseline, output_dir=os.path.join(out_dir, BEST_DIR))
+    owners: dict[str, TrialSummary] = {}
+    merged, notes = [], []
+    for s in sorted(winners.values(), key=lambda s: -s.verdict.delta_mean):
+        clashes = {field: owners[field] for field, value in s.change.items()
+                   if field in owners and getattr(recipe, field) != value}
+        if clashes:
+            rivals = ", ".join(f"{field} (set by `{o.name}`, "
+                               f"{_points(o.verdict.delta_mean)} points)"
+                               for field, o in clashes.items())
+            notes.append(f"`{s.name}` ({_points(s.verdict.delta_mean)} points) left out: it "
+                         f"changes the same field as a larger gain: {rivals}.")
+            continue
+        try:
+            recipe = dataclasses.replace(recipe, **s.change)
+        except RecipeError as error:
+            notes.append(f"`{s.name}` left out: together with {', '.join(merged)} it makes an "
+                         f"invalid recipe ({error}).")
+            continue
+        merged.append(s.name)
+        for field in s.change:
+            owners.setdefault(field, s)
+    return _Best(recipe, merged, notes)
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _points(delta: float) -> str:
+    return f"{100 * delta:+.2f}"
+
+
+def _p_value(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_clause(p: float | None) -> str:
+    if p is None:
+        return "no test: fewer than 2 seeds"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _what_changed(s: TrialSummary, baseline: Recipe) -> str:
+    if not s.change:
+        return "nothing (the recipe as given)" if s.name == BASELINE else "—"
+    return ", ".join(f"{field}: {getattr(baseline, field)} -> {value}"
+                     for field, value in s.change.items())
+
+
+def _accuracy(s: TrialSummary, seeds: int) -> str:
+    if s.test_accuracy_mean is None:
+        return "—"
+    text = _percent(s.test_accuracy_mean)
+    if s.test_accuracy_std is not None:
+        text += f" ± {_percent(s.test_accuracy_std)}"
+    if s.seeds_done < seeds:
+        text += f" ({s.seeds_done} of {seeds} seeds)"
+    return text
+
+
+def _verdict_text(s: TrialSummary) -> str:
+    if s.name == BASELINE and s.test_accuracies:
+        return "(reference)"
+    if s.verdict is None:
+        return s.status
+    return s.verdict.label + ("" if s.verdict.reliable else " (unreliable)")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _summary_csv(summaries: list[TrialSummary]) -> str:
+    def number(value: float | None) -> str:
+        return "" if value is None or not math.isfinite(value) else repr(float(value))
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for s in summaries:
+        v = s.verdict
+        writer.writerow([
+            s.name, s.group, s.description, json.dumps(s.change, sort_keys=True), s.status,
+            s.seeds_done, s.seeds_failed, s.seeds_pending, number(s.test_accuracy_mean),
+            number(s.test_accuracy_std), number(s.best_val_accuracy_mean),
+            number(s.test_loss_mean), number(s.wall_time_mean_s), number(s.wall_time_total_s),
+            "" if s.params is None else s.params,
+            number(v.delta_mean) if v else "", number(v.delta_std) if v else "",
+            number(v.p_value) if v else "", v.label if v else "",
+            str(v.reliable).lower() if v else "", " | ".join(s.reasons),
+        ])
+    return buffer.getvalue()
+
+
+# --- report.md --------------------------------------------------------------------------
+
+
+def _markdown(out_dir: str, plan: _Plan, summaries: list[TrialSummary], best: _Best,
+              total_time_s: float | None) -> str:
+    baseline = plan.baseline
+    counts = {status: sum(s.status == status for s in summaries) for status in STATUSES}
+    lines = [
+        "# Checklist report",
+        "",
+        "Baseline: " + ", ".join(f"`{field}={getattr(baseline, field)}`"
+                                 for field in _KEY_FIELDS) + ".",
+        "",
+        "<details><summary>The baseline flagfile</summary>",
+        "",
+        "```",
+        *_baseline_lines(out_dir, baseline),
+        "```",
+        "",
+        "</details>",
+        "",
+        f"{plan.seeds} seed{'s' if plan.seeds > 1 else ''} per trial (seed0 to "
+        f"seed{plan.seeds - 1}); {len(summaries)} trials: "
+        + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ".",
+        "",
+    ]
+    if plan.seeds == 1:
+        lines += [
+            "**With one seed per trial the verdicts are unreliable**: seed noise cannot be "
+            f"estimated, so a trial is called better or worse when its test accuracy differs "
+            f"from the baseline's by at least {100 * stats.MIN_DELTA:g} points. Run with 3 or "
+            "more seeds to test the differences.",
+            "",
+        ]
+    main = [s for s in summaries if s.group != CONFIRM_GROUP]
+    lines += ["## Results", "", f"![Δ test accuracy vs baseline]({REPORT_PNG})", ""]
+    lines += _table(
+        [[s.name, _what_changed(s, baseline), _accuracy(s, plan.seeds),
+          _points(s.verdict.delta_mean) if s.verdict else "",
+          _p_value(s.verdict.p_value) if s.verdict else "", _verdict_text(s),
+          _duration(s.wall_time_mean_s)] for s in main],
+        ["trial", "what changed", "test accuracy (%)", "Δ vs baseline (points)", "p-value",
+         "verdict", "time per seed"],
+    )
+    lines += [""] + _problems(summaries, plan.seeds) + _best_section(best, summaries)
+    confirm = [s for s in summaries if s.group == CONFIRM_GROUP]
+    if confirm:
+        lines += _confirm_section(confirm, plan.seeds)
+    lines += [
+        "## Training curves", "", f"![training curves]({CURVES_PNG})", "",
+        "## Time", "",
+        f"Training time: {_duration(sum(s.wall_time_total_s for s in summaries))} in all (the "
+        "sum of the runs' wall times, diverged runs included; runs that train in parallel "
+        "overlap)."
+        + (f" Elapsed: {_duration(total_time_s)}." if total_time_s is not None else ""),
+        "",
+        "## How to read", "",
+        "Each trial is the baseline with one change, trained with the same seeds. Test "
+        "accuracy is the mean ± sample standard deviation over the finished seeds; Δ is the "
+        "trial's mean minus the baseline's, in percentage points. With at least 2 seeds on "
+        "both sides, Welch's two-sided t-test (unequal variances) compares the per-seed test "
+        f"accuracies: p < {stats.ALPHA:g} is \"better\" or \"worse\" by the sign of Δ, "
+        "anything else \"no clear difference\" (the change may still help a little, but "
+        "seed noise hides it). With a single seed on a side no test is possible: "
+        f"|Δ| >= {100 * stats.MIN_DELTA:g} points decides, and the verdict is marked "
+        "unreliable. The error bars of report.png are the standard error of Δ. "
+        f"{SUMMARY_CSV} holds the same numbers as fractions, one row per trial; {BEST_CFG} "
+        "is the baseline with the winners merged (`tfmagic-train --flagfile=best.cfg`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _baseline_lines(out_dir: str, baseline: Recipe) -> list[str]:
+    path = os.path.join(out_dir, BASELINE_CFG)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    return baseline.to_flags()
+
+
+def _problems(summaries: list[TrialSummary], seeds: int) -> list[str]:
+    lines = []
+    troubled = [s for s in summaries if s.reasons]
+    if troubled:
+        lines += ["## Failed and skipped", ""]
+        lines += [f"- `{s.name}` ({s.status}): " + "; ".join(s.reasons) for s in troubled]
+        lines += [""]
+    pending = [s for s in summaries if s.seeds_pending]
+    if pending:
+        lines += ["## Pending", ""]
+        lines += [f"- `{s.name}`: {s.seeds_pending} of {seeds} seeds pending or running "
+                  f"({s.seeds_done} done)" for s in pending]
+        lines += [""]
+    return lines
+
+
+def _best_section(best: _Best, summaries: list[TrialSummary]) -> list[str]:
+    lines = ["## best.cfg", ""]
+    by_name = {s.name: s for s in summaries}
+    if best.merged:
+        lines += [f"`{BEST_CFG}` is the baseline plus the best \"better\" trial of each group "
+                  "(output_dir `" + best.recipe.output_dir + "`):", ""]
+        lines += [f"- `{name}` ({_points(by_name[name].verdict.delta_mean)} points): "
+                  + ", ".join(f"{k}={v}" for k, v in by_name[name].change.items())
+                  for name in best.merged]
+    else:
+        lines += [f"No trial was judged better: `{BEST_CFG}` is the baseline "
+                  f"(output_dir `{best.recipe.output_dir}`)."]
+    if best.notes:
+        lines += [""] + [f"- {note}" for note in best.notes]
+    return lines + [""]
+
+
+def _confirm_section(confirm: list[TrialSummary], seeds: int) -> list[str]:
+    lines = [
+        "## Do the winners combine?", "",
+        "`confirm_best` trains best.cfg; each `confirm_without_<trial>` is best.cfg without "
+        "that trial's change. Leaving out a trick that helps on top of the others makes the "
+        "result worse than `confirm_best`.", "",
+    ]
+    best = next((s for s in confirm if s.name == CONFIRM_BEST), None)
+    rows, findings = [], []
+    for s in confirm:
+        against_best = None
+        if best is not None and s is not best and best.test_accuracies and s.test_accuracies:
+            against_best = stats.verdict(best.test_accuracies, s.test_accuracies)
+        left_out = (s.name[len(CONFIRM_WITHOUT):] if s.name.startswith(CONFIRM_WITHOUT)
+                    else "nothing")
+        rows.append([
+            s.name, left_out, _accuracy(s, seeds),
+            _points(s.verdict.delta_mean) if s.verdict else "",
+            _verdict_text(s),
+            _points(against_best.delta_mean) if against_best else "",
+            _p_value(against_best.p_value) if against_best else "",
+            against_best.label if against_best else "",
+        ])
+        if against_best is None:
+            continue
+        gap = _points(against_best.delta_mean)
+        if against_best.label == stats.WORSE:
+            findings.append(f"`{left_out}` helps on top of the others: leaving it out "
+                            f"changes test accuracy by {gap} points.")
+        elif against_best.label == stats.BETTER:
+            findings.append(f"`{left_out}` hurts in combination: leaving it out changes test "
+                            f"accuracy by {gap} points.")
+        else:
+            findings.append(f"`{left_out}` adds nothing clear on top of the others "
+                            f"(leaving it out: {gap} points).")
+    lines += _table(rows, ["trial", "left out", "test accuracy (%)", "Δ vs baseline (points)",
+                           "verdict vs baseline", "Δ vs confirm_best (points)",
+                           "p vs confirm_best", "verdict vs confirm_best"])
+    lines += [""]
+    if best is not None and best.verdict is not None:
+        lines += [f"best.cfg against the baseline: {_verdict_text(best)} "
+                  f"({_points(best.verdict.delta_mean)} points, "
+                  f"{_p_clause(best.verdict.p_value)}).", ""]
+    if findings:
+        lines += [f"- {finding}" for finding in findings] + [""]
+    return lines
+
+
+# --- plots ------------------------------------------------------------------------------
+
+
+def _message_figure(text: str) -> Figure:
+    figure = Figure(figsize=(6, 2), layout="constrained")
+    axis = figure.subplots()
+    axis.text(0.5, 0.5, text, ha="center", va="center")
+    axis.set_axis_off()
+    return figure
+
+
+def _delta_chart(summaries: list[TrialSummary]) -> Figure:
+    judged = sorted((s for s in summaries if s.verdict is not None),
+                    key=lambda s: s.verdict.delta_mean)
+    if not judged:
+        return _message_figure("No trial has results to compare with the baseline yet.")
+    deltas = [100 * s.verdict.delta_mean for s in judged]
+    errors = [100 * s.verdict.delta_std for s in judged]      # NaN (one seed): no error bar
+    figure = Figure(figsize=(8, 1.5 + 0.32 * len(judged)), layout="constrained")
+    axis = figure.subplots()
+    positions = np.arange(len(judged))
+    axis.barh(positions, deltas, xerr=errors, capsize=3,
+              color=[VERDICT_COLORS[s.verdict.label] for s in judged],
+              hatch=[None if s.verdict.reliable else "//" for s in judged],
+              edgecolor="black", linewidth=0.5, error_kw={"elinewidth": 1})
+    axis.set_yticks(positions, [s.name for s in judged])
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    axis.set_xlabel("Δ test accuracy vs baseline (percentage points, ± standard error)")
+    axis.set_title("Which changes help (mean over seeds)")
+    axis.grid(axis="x", alpha=0.3)
+    handles = [Patch(facecolor=color, edgecolor="black", label=label)
+               for label, color in VERDICT_COLORS.items()]
+    if not all(s.verdict.reliable for s in judged):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
+                             label="unreliable (1 seed)"))
+    axis.legend(handles=handles, loc="lower right", fontsize="small")
+    return figure
+
+
+def _read_history(run_dir: str) -> dict[str, np.ndarray]:
+    path = os.path.join(run_dir, HISTORY_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys() if rows else []
+    return {c: np.array([float(r[c]) if r[c] not in ("", "NA") else np.nan for r in rows])
+            for c in columns}
+
+
+def _mean_curve(histories: list[dict[str, np.ndarray]], metric: str) -> np.ndarray:
+    """Mean over runs per epoch, each epoch over the runs that reached it."""
+    length = max(len(h[metric]) for h in histories)
+    return np.array([np.mean([h[metric][epoch] for h in histories if len(h[metric]) > epoch])
+                     for epoch in range(length)])
+
+
+def _curves_chart(summaries: list[TrialSummary]) -> Figure:
+    histories = {s.name: [h for h in map(_read_history, s.run_dirs) if "accuracy" in h]
+                 for s in summaries}
+    histories = {name: runs for name, runs in histories.items() if runs}
+    if not histories:
+        return _message_figure("No finished run has a training history yet.")
+    every_run = [h for runs in histories.values() for h in runs]
+    metric = ("val_accuracy" if all("val_accuracy" in h for h in every_run) else "accuracy")
+    curves = {name: 100 * _mean_curve(runs, metric) for name, runs in histories.items()}
+    groups: dict[str, list[str]] = {}
+    for s in summaries:
+        if s.name in curves and s.name != BASELINE:
+            groups.setdefault(s.group or "other", []).append(s.name)
+    panels = list(groups.items()) or [(BASELINE, [])]
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, sharey=True, squeeze=False)).ravel()
+    for axis, (group, names) in zip(axes, panels, strict=False):
+        if BASELINE in curves:
+            epochs = np.arange(1, len(curves[BASELINE]) + 1)
+            axis.plot(epochs, curves[BASELINE], color="black", linestyle="--", label=BASELINE)
+        for name in names:
+            axis.plot(np.arange(1, len(curves[name]) + 1), curves[name], label=name)
+        axis.set_title(group)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axis in axes[len(panels):]:
+        axis.set_axis_off()
+    for axis in axes[::columns]:
+        axis.set_ylabel(("validation" if metric == "val_accuracy" else "train")
+                        + " accuracy (%)")
+    figure.suptitle(f"{metric} per epoch, mean over finished seeds")
+    return figure

@@ -1,0 +1,82 @@
+"""tfmagic-checklist: train the baseline and the checklist's trials, then report.
+
+The baseline is the Recipe made from the flags, exactly as for tfmagic-train: a flagfile
+and any flag after it (see --helpfull). A quick checklist on 2 CPU cores:
+
+    tfmagic-checklist --flagfile=flags/quickstart.cfg --out=runs/checklist
+    tfmagic-checklist --flagfile=flags/quickstart.cfg --epochs=1 --train_subset=1500 \\
+        --out=runs/quick --workers=2
+
+Running the same command again continues an interrupted checklist; finished runs are kept.
+The report (report.md, summary.csv, report.png, curves.png, best.cfg) is written into --out.
+
+Exit status: 0 every run completed or was skipped with a reason; 1 a bad flag value; 2 --out
+holds a checklist of another baseline or is in use; 3 some runs failed (see report.md).
+"""
+
+import sys
+
+from absl import app, flags
+
+from tfmagic import recipe as recipe_lib
+from tfmagic.cli import recipe_from_flags
+
+FLAGS = flags.FLAGS
+recipe_lib.define_flags(FLAGS)
+flags.DEFINE_string("out", None, "Directory of the checklist: runs, logs and the report; "
+                    "default: the baseline's --output_dir followed by '-checklist'.")
+flags.DEFINE_integer("workers", None, "Runs at a time (local runner); default one per GPU, "
+                     "else 1. On CPU the cores are shared out between the workers.", lower_bound=1)
+flags.DEFINE_integer("seeds", 1, "Runs per trial, with seeds seed, seed+1, ...; verdicts "
+                     "need at least 2.", lower_bound=1)
+flags.DEFINE_list("trials", None, "Only these trials (comma-separated names); default all.")
+flags.DEFINE_bool("extended", False, "Add the extended trials (batch size, auxiliary loss, "
+                  "crops, drop path, Cutout, attention pooling, wd_cycles, wd_lr).")
+flags.DEFINE_bool("confirm", False, "Afterwards train best.cfg and its leave-one-out variants, "
+                  "to check that the winning tricks combine.")
+flags.DEFINE_enum("runner", "local", ["local", "ray"], "Run the trials as local processes or "
+                  "as tasks on a Ray cluster (pip install 'tfmagic[ray]').")
+flags.DEFINE_string("ray_address", None, "Address of an existing Ray cluster (runner=ray); "
+                    "default: start or join a local one.")
+flags.DEFINE_bool("print_commands", False, "Write the flagfiles and print one tfmagic-train "
+                  "command per run (for SLURM or Kubernetes job arrays), without running.")
+flags.DEFINE_bool("report_only", False, "Build the report from the run directories that exist "
+                  "in --out, without running anything.")
+
+
+def main(argv: list[str]) -> int:
+    baseline = recipe_from_flags(argv, FLAGS)
+
+    from tfmagic.checklist import report, runner
+
+    out = FLAGS.out or baseline.output_dir.rstrip("/") + "-checklist"
+    try:
+        if FLAGS.report_only:
+            print(f"report -> {report.write_report(out).report_md}")
+            return 0
+        if FLAGS.print_commands:
+            jobs, skipped = runner.plan(baseline, out, seeds=FLAGS.seeds,
+                                        trials=FLAGS.trials, extended=FLAGS.extended)
+            runner.write_commands(baseline, out, jobs, skipped, FLAGS.seeds)
+            print("\n".join(runner.commands(jobs)))
+            return 0
+        result = runner.run(
+            baseline, out, workers=FLAGS.workers, seeds=FLAGS.seeds, trials=FLAGS.trials,
+            extended=FLAGS.extended, confirm=FLAGS.confirm, runner=FLAGS.runner,
+            ray_address=FLAGS.ray_address,
+        )
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    except (runner.ChecklistError, FileNotFoundError) as error:
+        print(f"tfmagic-checklist: {error}", file=sys.stderr)
+        return 2
+    return 3 if result.failed else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
