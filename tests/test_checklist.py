@@ -278,3 +278,21 @@ def test_confirm_trains_best_and_leave_one_out_variants(tmp_path):
         assert saved["recipe"]["lr"] == confirm[name].get("lr", 0.002)
         assert saved["recipe"]["epochs"] == confirm[name].get("epochs", 3)
     assert "Do the winners combine?" in (out / "report.md").read_text()
+
+
+def test_gpus_are_handed_out_in_disjoint_sets(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4")
+    assert runner.default_workers() == 5
+    assert runner.default_workers(gpus_per_trial=2) == 2
+    slots = runner._slots(2, gpus_per_trial=2)
+    assert [slot.gpus for slot in slots] == [("0", "1"), ("2", "3")]
+    assert [slot.environment()["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0,1", "2,3"]
+    with pytest.raises(ValueError, match="^workers=3 is not allowed with gpus_per_trial=2"):
+        runner._slots(3, gpus_per_trial=2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cpu_slots = runner._slots(2)
+    assert all(slot.gpus is None for slot in cpu_slots)
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        assert sorted(c for slot in cpu_slots for c in slot.cores) == cores
+        assert cpu_slots[0].environment()["TF_NUM_INTRAOP_THREADS"] == str(len(cpu_slots[0].cores))

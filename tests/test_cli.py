@@ -57,7 +57,8 @@ def test_binary_bad_value_exit_code_and_message(tmp_path):
 def test_binary_helpfull_documents_every_flag(tmp_path):
     proc = _run_binary("--helpfull", cwd=tmp_path)
     for field in fields():
-        assert f"--{field.name}" in proc.stdout
+        shown = f"--[no]{field.name}:" if field.type is bool else f"--{field.name}:"
+        assert shown in proc.stdout, field.name
         assert field.metadata["help"].split(";")[0][:40] in proc.stdout.replace("\n    ", " ")
     assert "--[no]overwrite" in proc.stdout
 

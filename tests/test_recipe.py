@@ -59,6 +59,10 @@ BAD_VALUES = [
     ("cutout", 1.5, "[0, 1]"),
     ("mixup_alpha", -0.2, ">= 0"),
     ("cutmix_alpha", -1.0, ">= 0"),
+    ("strategy", "horovod", "auto, default, mirrored, multi_worker, tpu"),
+    ("lr_scaling", "sqrt", "none, linear"),
+    ("precision", "float16", "float32, mixed_float16, mixed_bfloat16"),
+    ("steps_per_execution", 0, ">= 1"),
     ("seed", -3, ">= 0"),
     ("output_dir", " ", "non-empty"),
     ("epochs", 2.5, "type int"),
@@ -134,9 +138,15 @@ def test_flagfile_round_trip(tmp_path):
     path = tmp_path / "recipe.cfg"
     recipe.to_flagfile(path)
     lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    assert lines == [
-        "--nose" if f.name == "se" else f"--{f.name}={getattr(recipe, f.name)}" for f in fields()
-    ]
+    expected = []
+    for f in fields():
+        value = getattr(recipe, f.name)
+        if isinstance(value, bool):
+            expected.append(f"--{f.name}" if value else f"--no{f.name}")
+        else:
+            expected.append(f"--{f.name}={value}")
+    assert lines == expected
+    assert "--nose" in lines
     assert Recipe.from_flagfile(path) == recipe
     assert [p.name for p in tmp_path.iterdir()] == ["recipe.cfg"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from absl import flags
 
-from tfmagic import data, losses, models, optimizers, schedules
+from tfmagic import data, distribute, losses, models, optimizers, schedules
 
 LR_SCHEDULES = ("cosine_power_cycles", "cosine", "gamma")
 AUGMENTS = ("autoaugment", "color", "none")
@@ -294,6 +294,31 @@ class Recipe:
         "each batch uses one of the two, chosen with probability 1/2.",
         check=lambda v: v >= 0,
         allowed="must be >= 0 (0 = off)",
+    )
+    strategy: str = _knob(
+        "auto",
+        "tf.distribute strategy: auto (MirroredStrategy on more than one GPU, else default), "
+        "default, mirrored, multi_worker (configured by TF_CONFIG) or tpu.",
+        choices=distribute.STRATEGIES,
+    )
+    lr_scaling: str = _knob(
+        "none",
+        "linear: multiply lr and min_lr by batch_size / 128 (the batch size the default lr is "
+        "given for); none: use lr as given.",
+        choices=distribute.LR_SCALINGS,
+    )
+    precision: str = _knob(
+        "float32",
+        "Keras dtype policy: float32, mixed_float16 (GPU, with loss scaling) or "
+        "mixed_bfloat16 (TPU, recent CPUs and GPUs); losses and logits stay float32.",
+        choices=distribute.PRECISIONS,
+    )
+    jit_compile: bool = _knob(False, "Compile the train step with XLA.")
+    steps_per_execution: int = _knob(
+        1,
+        "Train steps run per call into the compiled function (fewer Python round trips).",
+        check=lambda v: v >= 1,
+        allowed="must be >= 1",
     )
     seed: int = _knob(
         0, "Seed of data order, splits and initialization.", check=lambda v: v >= 0,

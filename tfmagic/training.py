@@ -14,6 +14,10 @@ A run reads its data, builds the backbone, the optimizer and the loss, trains wi
   compiled;
 - `result.json`: the outcome, written last and atomically. Its presence marks a finished run.
 
+The model, optimizer, loss and metrics are built under the recipe's `tf.distribute` strategy
+(`tfmagic.distribute`), with its precision policy, `jit_compile` and `steps_per_execution`.
+In a multi-worker run only the chief writes these files.
+
 A run that is killed continues where it stopped when it is started again with the same
 recipe (the last finished epoch is restored from `backup/`). A finished run is never
 overwritten unless `overwrite=True`. A run whose loss becomes NaN or infinite stops and
@@ -36,7 +40,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 import tfmagic
-from tfmagic import data, models, plots
+from tfmagic import data, distribute, models, plots
 from tfmagic.augment import pipeline as augmentation
 from tfmagic.layers import auxiliary_loss_weights, strip_auxiliary
 from tfmagic.losses import LabelSmoothingCrossEntropy
@@ -142,7 +146,8 @@ class _ScheduleLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
         logs["learning_rate"] = float(optimizer.learning_rate)
-        logs["weight_decay"] = float(optimizer.current_weight_decay())
+        logs["weight_decay"] = float(
+            getattr(optimizer, "inner_optimizer", optimizer).current_weight_decay())
 
 
 class _DivergenceWatch(keras.callbacks.TerminateOnNaN):
@@ -198,7 +203,20 @@ def train(
     ('completed', 2)
     """
     started = time.perf_counter()
-    _check_output_dir(recipe, overwrite)
+    chief = distribute.is_chief()
+    if chief:
+        _check_output_dir(recipe, overwrite)
+    strategy = distribute.make_strategy(recipe.strategy)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(recipe.precision)
+    try:
+        return _train(recipe, strategy, chief, started, verbose, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, started: float,
+           verbose: int | str, callbacks: list[keras.callbacks.Callback] | None) -> TrainResult:
     keras.utils.set_random_seed(recipe.seed)
     splits = _load_data(recipe)
     num_classes = recipe.num_classes or splits.num_classes
@@ -206,18 +224,19 @@ def train(
         raise RecipeError(
             "num_classes", recipe.num_classes, f"the data has {splits.num_classes} classes"
         )
-    model = models.build_model(
-        recipe.model,
-        splits.input_shape,
-        num_classes,
-        width=recipe.width,
-        downscale_activation=recipe.downscale_activation,
-        se=recipe.se,
-        drop_path_rate=recipe.drop_path_rate,
-        pooling=recipe.pooling,
-        aux_loss_weight=recipe.aux_loss_weight,
-        pretrained=recipe.pretrained,
-    )
+    with strategy.scope():
+        model = models.build_model(
+            recipe.model,
+            splits.input_shape,
+            num_classes,
+            width=recipe.width,
+            downscale_activation=recipe.downscale_activation,
+            se=recipe.se,
+            drop_path_rate=recipe.drop_path_rate,
+            pooling=recipe.pooling,
+            aux_loss_weight=recipe.aux_loss_weight,
+            pretrained=recipe.pretrained,
+        )
     auxiliary = recipe.aux_loss_weight > 0
     train_data, validation_data = splits.train, splits.validation
     if auxiliary:
@@ -225,23 +244,34 @@ def train(
         validation_data = validation_data and validation_data.map(_duplicate_labels)
     steps_per_epoch = steps_in_epoch(recipe, splits.train_size)
     lr_schedule, wd_schedule = build_schedules(recipe, steps_per_epoch)
-    model.compile(
-        optimizer=build_optimizer(
-            recipe.optimizer,
-            lr_schedule,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            weight_decay_schedule=wd_schedule,
-            decay_mode=recipe.weight_decay_mode,
-        ),
-        **_loss_and_metrics(recipe, model),
-    )
+    with strategy.scope():
+        model.compile(
+            optimizer=build_optimizer(
+                recipe.optimizer,
+                lr_schedule,
+                momentum=recipe.momentum,
+                weight_decay=recipe.weight_decay,
+                weight_decay_schedule=wd_schedule,
+                decay_mode=recipe.weight_decay_mode,
+            ),
+            jit_compile=recipe.jit_compile,
+            steps_per_execution=recipe.steps_per_execution,
+            **_loss_and_metrics(recipe, model),
+        )
 
-    out = recipe.output_dir
+    # Only the chief writes the run's files; another worker of a multi-worker run keeps its
+    # history and checkpoints in a folder of its own under backup/, which the chief removes
+    # with the rest of backup/ when the run is finished.
+    if chief:
+        out = recipe.output_dir
+    else:
+        kind, index = distribute.task()
+        out = os.path.join(recipe.output_dir, BACKUP_DIR, f"{kind}-{index}")
     os.makedirs(out, exist_ok=True)
-    recipe.to_flagfile(os.path.join(out, RECIPE_FILE))
-    plots.draw_schedules(recipe, lr_schedule, wd_schedule, steps_per_epoch,
-                         os.path.join(out, SCHEDULES_PLOT))
+    if chief:
+        recipe.to_flagfile(os.path.join(out, RECIPE_FILE))
+        plots.draw_schedules(recipe, lr_schedule, wd_schedule, steps_per_epoch,
+                             os.path.join(out, SCHEDULES_PLOT))
     _drop_partial_line(os.path.join(out, HISTORY_FILE))
     clock = _EpochClock(splits.train_size)
     watch = _DivergenceWatch()
@@ -257,10 +287,10 @@ def train(
             _ScheduleLog(),
             clock,
             keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
-            _async_safe(keras.callbacks.TensorBoard(
+            *([_async_safe(keras.callbacks.TensorBoard(
                 os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0,
                 update_freq="epoch",
-            )),
+            ))] if chief else []),
             # Last of tfmagic's own: an epoch is checkpointed only after its row is logged, so
             # a kill in between repeats the epoch (and _tidy_history keeps one row) instead of
             # losing the row.
@@ -275,7 +305,8 @@ def train(
     if auxiliary:
         model = strip_auxiliary(model)
     if not watch.diverged:
-        _save_model_atomic(model, os.path.join(out, MODEL_FILE))
+        if chief:
+            _save_model_atomic(model, os.path.join(out, MODEL_FILE))
         if auxiliary:
             model.compile(**_loss_and_metrics(recipe, model))
         test_loss, test_accuracy = (
@@ -297,9 +328,11 @@ def train(
         resumed_from_epoch=resumed_from,
         recipe=recipe,
     )
-    _log_hparams(recipe, result, os.path.join(out, TENSORBOARD_DIR))
-    write_atomic(os.path.join(out, RESULT_FILE), json.dumps(result.to_json(), indent=2) + "\n")
-    shutil.rmtree(os.path.join(out, BACKUP_DIR), ignore_errors=True)
+    if chief:
+        _log_hparams(recipe, result, os.path.join(out, TENSORBOARD_DIR))
+        write_atomic(os.path.join(out, RESULT_FILE),
+                     json.dumps(result.to_json(), indent=2) + "\n")
+        shutil.rmtree(os.path.join(out, BACKUP_DIR), ignore_errors=True)
     return result
 
 
@@ -395,19 +428,22 @@ def build_schedules(
 
     `cosine_power_cycles` uses lr_power, lr_cycles and lr_cycle_decay; `cosine` is one
     plain cosine decay and `gamma` the classic x0.1 at 50% and 75% of training; all three
-    share the warm-up and (except gamma) the min_lr floor.
+    share the warm-up and (except gamma) the min_lr floor. With `lr_scaling="linear"`, lr
+    and min_lr are multiplied by `batch_size / 128` (`tfmagic.distribute`).
     """
     total = recipe.epochs * steps_per_epoch
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
+    factor = distribute.lr_factor(recipe.batch_size, recipe.lr_scaling)
+    peak, floor = recipe.lr * factor, recipe.min_lr * factor
     try:
         if recipe.lr_schedule == "gamma":
-            lr = GammaDecay(recipe.lr, total, warmup_steps=warmup)
+            lr = GammaDecay(peak, total, warmup_steps=warmup)
         elif recipe.lr_schedule == "cosine":
-            lr = CosineAnnealing(recipe.lr, total, warmup_steps=warmup, min_lr=recipe.min_lr)
+            lr = CosineAnnealing(peak, total, warmup_steps=warmup, min_lr=floor)
         else:
             lr = CosinePowerAnnealing(
-                recipe.lr, total, power=recipe.lr_power, cycles=recipe.lr_cycles,
-                cycle_decay=recipe.lr_cycle_decay, warmup_steps=warmup, min_lr=recipe.min_lr,
+                peak, total, power=recipe.lr_power, cycles=recipe.lr_cycles,
+                cycle_decay=recipe.lr_cycle_decay, warmup_steps=warmup, min_lr=floor,
             )
     except ValueError as error:
         raise RecipeError("lr_schedule", recipe.lr_schedule,

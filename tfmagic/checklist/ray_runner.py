@@ -1,9 +1,9 @@
 """The Ray runner: every checklist run is a Ray task on an existing cluster.
 
 Each task starts ``python -m tfmagic.cli.train --flagfile=...`` on the node Ray picks, with
-one CPU, and one GPU where the cluster has GPUs. The checklist directory must be on a file
-system that every node sees (the flagfiles, logs and run directories live there). Ray is an
-optional dependency: ``pip install "tfmagic[ray]"``.
+one CPU, and ``gpus_per_trial`` GPUs where the cluster has GPUs. The checklist directory must
+be on a file system that every node sees (the flagfiles, logs and run directories live
+there). Ray is an optional dependency: ``pip install "tfmagic[ray]"``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def _train(flagfile: str, log_file: str) -> tuple[int, str, float]:
     return done.returncode, runner.log_tail(log_file), time.perf_counter() - began
 
 
-def execute(jobs: list[runner.Job], progress, address: str | None) -> list[runner.RunOutcome]:
+def execute(jobs: list[runner.Job], progress, address: str | None,
+            gpus_per_trial: int = 1) -> list[runner.RunOutcome]:
     """Runs the jobs that are not done as Ray tasks and waits for all of them."""
     try:
         import ray
@@ -42,7 +43,8 @@ def execute(jobs: list[runner.Job], progress, address: str | None) -> list[runne
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
     try:
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        task = ray.remote(num_cpus=1, num_gpus=1 if has_gpus else 0, max_retries=0)(_train)
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_trial if has_gpus else 0,
+                          max_retries=0)(_train)
         outcomes = {}
         waiting = {}
         for job in jobs:

@@ -22,10 +22,10 @@ leaves no orphan writing into a run directory, and a lock file keeps a second ru
 the same ``out_dir``.
 
 Runners: ``"local"`` starts ``workers`` processes at a time. With GPUs each worker gets its own
-GPUs (``CUDA_VISIBLE_DEVICES``); without, the CPU cores are shared out between the workers
-(CPU affinity and TensorFlow's thread counts). ``"ray"`` submits every run as a Ray task
-(one GPU each where the cluster has GPUs) to an existing cluster, ``ray_address``; ``out_dir``
-must then be on a file system every node sees.
+``gpus_per_trial`` GPUs (``CUDA_VISIBLE_DEVICES``); without, the CPU cores are shared out
+between the workers (CPU affinity and TensorFlow's thread counts). ``"ray"`` submits every
+run as a Ray task (``gpus_per_trial`` GPUs each where the cluster has GPUs) to a cluster,
+``ray_address``; ``out_dir`` must then be on a file system every node sees.
 """
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ class ChecklistResult:
         return [o for o in self.outcomes if o.status == "completed"]
 
 
-def default_workers() -> int:
-    """One worker per visible GPU, else 1."""
-    return max(1, len(_gpu_ids()))
+def default_workers(gpus_per_trial: int = 1) -> int:
+    """One worker per ``gpus_per_trial`` visible GPUs, else 1."""
+    return max(1, len(_gpu_ids()) // gpus_per_trial)
 
 
 def plan(
@@ -185,6 +185,7 @@ def run(
     confirm: bool = False,
     runner: str = "local",
     ray_address: str | None = None,
+    gpus_per_trial: int = 1,
     progress: TextIO | None = sys.stdout,
 ) -> ChecklistResult:
     """Train the baseline and the trials, then write the report into ``out_dir``.
@@ -192,7 +193,8 @@ def run(
     Args:
         baseline: the recipe every trial changes (its ``output_dir`` is not used).
         out_dir: the checklist's directory; running the same call again continues it.
-        workers: runs at a time with the local runner; None for one per GPU, else 1.
+        workers: runs at a time with the local runner; None for one per
+            ``gpus_per_trial`` GPUs, else 1.
         seeds: runs per trial, with seeds ``baseline.seed + k``.
         trials: trial names and/or custom Trial objects; None for the checklist.
         extended: add the extended trials (with ``trials=None``).
@@ -201,6 +203,8 @@ def run(
         runner: ``"local"`` or ``"ray"``.
         ray_address: the Ray cluster to use (``ray.init(address=...)``); None starts or
             joins a local one.
+        gpus_per_trial: GPUs each run gets (its recipe's ``strategy=auto`` then mirrors over
+            them); the local runner hands out disjoint sets, Ray asks for that many.
         progress: where to write the live progress lines; None for silence.
 
     Returns:
@@ -213,17 +217,20 @@ def run(
     """
     if runner not in RUNNERS:
         raise ValueError(f"runner={runner!r} is not allowed: one of {RUNNERS}")
+    if isinstance(gpus_per_trial, bool) or not isinstance(gpus_per_trial, int) or (
+            gpus_per_trial < 1):
+        raise ValueError(f"gpus_per_trial={gpus_per_trial!r} is not allowed: an integer >= 1")
     if workers is None:
-        workers = default_workers()
+        workers = default_workers(gpus_per_trial)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} is not allowed: an integer >= 1")
     started = time.perf_counter()
     jobs, skipped = plan(baseline, out_dir, seeds=seeds, trials=trials, extended=extended)
+    execute = _executor(runner, workers, ray_address, gpus_per_trial)
     out = os.path.abspath(out_dir)
     os.makedirs(out, exist_ok=True)
     with _exclusive(out):
         _write_plan(out, baseline, seeds, jobs, skipped)
-        execute = _executor(runner, workers, ray_address)
         outcomes = execute(jobs, _Progress(progress, workers))
         report = report_lib.write_report(out, total_time_s=time.perf_counter() - started)
         if confirm:
@@ -378,12 +385,15 @@ def prepare(job: Job) -> None:
         os.remove(failure)
 
 
-def _executor(runner: str, workers: int, ray_address: str | None) -> Callable:
+def _executor(runner: str, workers: int, ray_address: str | None,
+              gpus_per_trial: int) -> Callable:
     if runner == "ray":
         from tfmagic.checklist import ray_runner
 
-        return lambda jobs, progress: ray_runner.execute(jobs, progress, ray_address)
-    return lambda jobs, progress: _execute_local(jobs, progress, _slots(workers))
+        return lambda jobs, progress: ray_runner.execute(jobs, progress, ray_address,
+                                                         gpus_per_trial)
+    slots = _slots(workers, gpus_per_trial)
+    return lambda jobs, progress: _execute_local(jobs, progress, slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,11 +429,18 @@ def _gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU")]
 
 
-def _slots(workers: int) -> list[_Slot]:
+def _slots(workers: int, gpus_per_trial: int = 1) -> list[_Slot]:
+    """What each worker may use: ``gpus_per_trial`` GPUs of its own where there are GPUs
+    (an error when there are not enough for every worker), else a share of the CPU cores."""
     gpus = _gpu_ids()
     if gpus:
-        per = max(1, len(gpus) // workers)
-        return [_Slot((), tuple(gpus[(i * per) % len(gpus):][:per])) for i in range(workers)]
+        if workers * gpus_per_trial > len(gpus):
+            raise ValueError(
+                f"workers={workers} is not allowed with gpus_per_trial={gpus_per_trial}: "
+                f"{len(gpus)} GPUs are visible, enough for {len(gpus) // gpus_per_trial} "
+                "workers")
+        return [_Slot((), tuple(gpus[i * gpus_per_trial:(i + 1) * gpus_per_trial]))
+                for i in range(workers)]
     cores = sorted(os.sched_getaffinity(0))
     shares = [tuple(cores[i::workers]) or tuple(cores) for i in range(workers)]
     return [_Slot(share, None) for share in shares]

@@ -34,6 +34,8 @@ flags.DEFINE_bool("extended", False, "Add the extended trials (batch size, auxil
                   "crops, drop path, Cutout, attention pooling, wd_cycles, wd_lr).")
 flags.DEFINE_bool("confirm", False, "Afterwards train best.cfg and its leave-one-out variants, "
                   "to check that the winning tricks combine.")
+flags.DEFINE_integer("gpus_per_trial", 1, "GPUs each run gets (the recipe's strategy=auto "
+                     "mirrors over them); workers get disjoint sets.", lower_bound=1)
 flags.DEFINE_enum("runner", "local", ["local", "ray"], "Run the trials as local processes or "
                   "as tasks on a Ray cluster (pip install 'tfmagic[ray]').")
 flags.DEFINE_string("ray_address", None, "Address of an existing Ray cluster (runner=ray); "
@@ -63,7 +65,7 @@ def main(argv: list[str]) -> int:
         result = runner.run(
             baseline, out, workers=FLAGS.workers, seeds=FLAGS.seeds, trials=FLAGS.trials,
             extended=FLAGS.extended, confirm=FLAGS.confirm, runner=FLAGS.runner,
-            ray_address=FLAGS.ray_address,
+            ray_address=FLAGS.ray_address, gpus_per_trial=FLAGS.gpus_per_trial,
         )
     except ValueError as error:
         raise app.UsageError(str(error)) from None

@@ -49,6 +49,7 @@ import numbers
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
 
 from tfmagic.layers import AttentionPooling, DropPath, SqueezeExcite
 
@@ -167,8 +168,16 @@ def depthwise_conv(
 
 
 def batch_norm(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
-    """``BatchNormalization`` with the momentum and epsilon of this package."""
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
+    """``BatchNormalization`` with the momentum and epsilon of this package.
+
+    Built under a ``tf.distribute`` strategy with several replicas, it is synchronized: the
+    statistics are those of the global batch, as on one device.
+    """
+    strategy = tf.distribute.get_strategy()
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=strategy.num_replicas_in_sync > 1,
+        name=name,
+    )(x)
 
 
 def activation(
