@@ -302,6 +302,15 @@ def test_preprocess_replaces_the_normalization_in_every_split(fmnist):
     np.testing.assert_allclose((x_test[..., :1] + 1.0) * 127.5, fmnist[1][0], atol=1e-3)
 
 
+def test_min_image_size_enlarges_only_smaller_sides():
+    splits = data.load("fashion_mnist", batch_size=16, train_subset=100, min_image_size=32)
+    assert splits.input_shape == (32, 32, 1)
+    assert next(iter(splits.test))[0].shape == (16, 32, 32, 1)
+    kept = data.load("fashion_mnist", batch_size=16, train_subset=100, image_size=40,
+                     min_image_size=32)
+    assert kept.input_shape == (40, 40, 1)
+
+
 def test_augment_hook_on_train_batches_only():
     seen = []
 
@@ -354,6 +363,7 @@ def test_train_order_reshuffles_per_epoch_and_is_seeded():
         ({"augment": "flip"}, "augment"),
         ({"eval_batch_size": 0}, "eval_batch_size"),
         ({"preprocess": "caffe"}, "preprocess"),
+        ({"min_image_size": 0}, "min_image_size"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):

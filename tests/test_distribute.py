@@ -71,6 +71,8 @@ def _mirrored(*args):
 
 def test_mirrored_first_update_equals_the_single_device_update():
     found = _mirrored("step")
+    print(f"largest weight change {found['moved']:.4g}, largest difference between the "
+          f"2-replica and 1-device updates {found['difference']:.3g}")
     assert found["replicas"] == [1, 2]
     assert found["moved"] > 1e-3
     # float32 sums in another order (per replica, then across): about 1e-4 of the update.

@@ -600,6 +600,7 @@ def load(
     eval_transform: Callable | None = None,
     one_hot: bool = False,
     preprocess: Callable | None = None,
+    min_image_size: int | None = None,
 ) -> DataSplits:
     """Load a dataset and build its train / validation / test pipelines.
 
@@ -628,6 +629,8 @@ def load(
         preprocess: ``images -> model input`` replacing the normalization of every split
             (float32 0..255 images in, after augmentation or ``eval_transform``), e.g. a
             ``keras.applications`` model's ``preprocess_input``.
+        min_image_size: resize (bilinear) so that height and width are at least this many
+            pixels, for models with a minimum input size; sides already larger are kept.
 
     Returns:
         DataSplits. Unless ``preprocess`` is given, images are normalized ``(x - mean) / std``
@@ -641,6 +644,7 @@ def load(
         batch_size, seed, train_subset, validation_fraction, image_size, channels, augment,
         eval_batch_size, eval_transform, preprocess,
     )
+    _check_int("min_image_size", min_image_size, 1, optional=True)
     if dataset == "fashion_mnist":
         (x_train, y_train), (x_test, y_test) = fashion_mnist()
         class_names = FASHION_MNIST_CLASSES
@@ -688,6 +692,8 @@ def load(
     if target_channels != source_channels:
         mean, std = mean * target_channels, std * target_channels
     size = (image_size, image_size) if image_size else tuple(x_train.shape[1:3])
+    if min_image_size:
+        size = tuple(max(side, min_image_size) for side in size)
     common = {"size": size, "channels": target_channels, "mean": mean, "std": std, "seed": seed,
               "eval_transform": eval_transform, "one_hot": num_classes if one_hot else None,
               "preprocess": preprocess}

@@ -224,6 +224,8 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
         raise RecipeError(
             "num_classes", recipe.num_classes, f"the data has {splits.num_classes} classes"
         )
+    steps_per_epoch = steps_in_epoch(recipe, splits.train_size)
+    lr_schedule, wd_schedule = build_schedules(recipe, steps_per_epoch)
     with strategy.scope():
         model = models.build_model(
             recipe.model,
@@ -237,14 +239,6 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
             aux_loss_weight=recipe.aux_loss_weight,
             pretrained=recipe.pretrained,
         )
-    auxiliary = recipe.aux_loss_weight > 0
-    train_data, validation_data = splits.train, splits.validation
-    if auxiliary:
-        train_data = train_data.map(_duplicate_labels)
-        validation_data = validation_data and validation_data.map(_duplicate_labels)
-    steps_per_epoch = steps_in_epoch(recipe, splits.train_size)
-    lr_schedule, wd_schedule = build_schedules(recipe, steps_per_epoch)
-    with strategy.scope():
         model.compile(
             optimizer=build_optimizer(
                 recipe.optimizer,
@@ -258,6 +252,11 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
             steps_per_execution=recipe.steps_per_execution,
             **_loss_and_metrics(recipe, model),
         )
+    auxiliary = recipe.aux_loss_weight > 0
+    train_data, validation_data = splits.train, splits.validation
+    if auxiliary:
+        train_data = train_data.map(_duplicate_labels)
+        validation_data = validation_data and validation_data.map(_duplicate_labels)
 
     # Only the chief writes the run's files; another worker of a multi-worker run keeps its
     # history and checkpoints in a folder of its own under backup/, which the chief removes
@@ -356,23 +355,20 @@ def _load_data(recipe: Recipe) -> data.DataSplits:
     """The recipe's data; for a keras.applications model three channels, at least its
     smallest input size, and its own preprocessing instead of the standardization."""
     application = models.is_application(recipe.model)
-    options = {
-        "batch_size": recipe.batch_size,
-        "seed": recipe.seed,
-        "train_subset": recipe.train_subset or None,
-        "validation_fraction": recipe.validation_fraction,
-        "augment": augmentation.build_train_augment(recipe),
-        "eval_transform": augmentation.build_eval_transform(recipe),
-        "one_hot": recipe.mixes_labels,
-        "channels": 3 if application else None,
-        "preprocess": models.preprocess_function(recipe.model) if application else None,
-    }
-    splits = data.load(recipe.dataset, image_size=recipe.image_size or None, **options)
-    if application and min(splits.input_shape[:2]) < models.min_input_size(recipe.model):
-        splits = data.load(
-            recipe.dataset, image_size=models.min_input_size(recipe.model), **options
-        )
-    return splits
+    return data.load(
+        recipe.dataset,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        train_subset=recipe.train_subset or None,
+        validation_fraction=recipe.validation_fraction,
+        image_size=recipe.image_size or None,
+        augment=augmentation.build_train_augment(recipe),
+        eval_transform=augmentation.build_eval_transform(recipe),
+        one_hot=recipe.mixes_labels,
+        channels=3 if application else None,
+        preprocess=models.preprocess_function(recipe.model) if application else None,
+        min_image_size=models.min_input_size(recipe.model) if application else None,
+    )
 
 
 def _loss_and_metrics(recipe: Recipe, model: keras.Model) -> dict[str, Any]:

@@ -8,7 +8,6 @@ there). Ray is an optional dependency: ``pip install "tfmagic[ray]"``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -22,9 +21,7 @@ def _train(flagfile: str, log_file: str) -> tuple[int, str, float]:
     with open(log_file, "a") as log:
         done = subprocess.run(
             [sys.executable, "-m", "tfmagic.cli.train", f"--flagfile={flagfile}"],
-            stdout=log, stderr=subprocess.STDOUT, check=False,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL",
-                                                                        "2")},
+            stdout=log, stderr=subprocess.STDOUT, check=False, env=runner.run_environment(),
         )
     return done.returncode, runner.log_tail(log_file), time.perf_counter() - began
 

@@ -250,7 +250,7 @@ def _read_plan(out_dir: str) -> _Plan:
     return _Plan(baseline, plan["seeds"], plan["trials"], skipped)
 
 
-def _read_run(run_dir: str) -> tuple[str, dict[str, Any] | None, str | None]:
+def read_run(run_dir: str) -> tuple[str, dict[str, Any] | None, str | None]:
     """(state, result, reason): state is "done", "failed", "skipped" or "pending"."""
     result_path = os.path.join(run_dir, RESULT_FILE)
     if os.path.isfile(result_path):
@@ -290,7 +290,7 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
     states, results, finished, run_dirs, reasons_by_text = [], [], [], [], {}
     for k in range(seeds):
         run_dir = os.path.join(out_dir, TRIALS_DIR, trial["name"], f"seed{k}")
-        state, result, reason = _read_run(run_dir)
+        state, result, reason = read_run(run_dir)
         states.append(state)
         if result is not None:
             results.append(result)

@@ -45,7 +45,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from tfmagic.checklist import report as report_lib
-from tfmagic.checklist.report import BASELINE_CFG, CONFIRM_GROUP, FAILURE_FILE, PLAN_FILE
+from tfmagic.checklist.report import (
+    BASELINE_CFG,
+    CONFIRM_GROUP,
+    FAILURE_FILE,
+    PLAN_FILE,
+    TRIALS_DIR,
+)
 from tfmagic.checklist.trials import (
     SkippedTrial,
     Trial,
@@ -53,7 +59,6 @@ from tfmagic.checklist.trials import (
     checklist_trials,
 )
 from tfmagic.recipe import Recipe, write_atomic
-from tfmagic.training import RESULT_FILE
 
 RUNNERS = ("local", "ray")
 LOCK_FILE = ".lock"
@@ -81,7 +86,7 @@ class Job:
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(self.out_dir, "trials", self.trial.name, f"seed{self.seed_index}")
+        return os.path.join(self.out_dir, TRIALS_DIR, self.trial.name, f"seed{self.seed_index}")
 
     @property
     def flagfile(self) -> str:
@@ -330,25 +335,16 @@ def _exclusive(out: str):
 
 
 def job_state(job: Job) -> RunOutcome | None:
-    """The outcome of a job that needs no (more) running, or None."""
-    result_path = os.path.join(job.run_dir, RESULT_FILE)
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            result = json.load(f)
-        if result["status"] == "completed":
-            return RunOutcome(job.key, "completed", seconds=result["wall_time_s"])
-        return RunOutcome(job.key, "failed", _diverged_reason(result), result["wall_time_s"])
-    failure_path = os.path.join(job.run_dir, FAILURE_FILE)
-    if os.path.exists(failure_path):
-        with open(failure_path) as f:
-            failure = json.load(f)
-        if failure["status"] == "skipped":
-            return RunOutcome(job.key, "skipped", failure["reason"])
+    """The outcome of a job that needs no (more) running, or None (pending, or failed
+    without a result: those are run again)."""
+    state, result, reason = report_lib.read_run(job.run_dir)
+    if state == "done":
+        return RunOutcome(job.key, "completed", seconds=result["wall_time_s"])
+    if state == "failed" and result is not None:
+        return RunOutcome(job.key, "failed", reason, result["wall_time_s"])
+    if state == "skipped":
+        return RunOutcome(job.key, "skipped", reason)
     return None
-
-
-def _diverged_reason(result: dict[str, Any]) -> str:
-    return f"diverged: the loss became NaN or infinite in epoch {result['epochs_run']}"
 
 
 def finish(job: Job, returncode: int, log_tail: str, seconds: float) -> RunOutcome:
@@ -404,8 +400,7 @@ class _Slot:
     gpus: tuple[str, ...] | None
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "2")
+        env = run_environment()
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
         else:
@@ -415,6 +410,11 @@ class _Slot:
             env["TF_NUM_INTEROP_THREADS"] = threads
             env["OMP_NUM_THREADS"] = threads
         return env
+
+
+def run_environment() -> dict[str, str]:
+    """The environment of a run process: this one's, TensorFlow's info logs silenced."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
 
 
 def _gpu_ids() -> list[str]:
