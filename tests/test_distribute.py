@@ -1,6 +1,7 @@
 """tf.distribute: MirroredStrategy over 2 logical CPUs, 2-process MultiWorkerMirroredStrategy,
 mixed precision and XLA with every tfmagic part, the chief rule and LR scaling."""
 
+import csv
 import json
 import os
 import socket
@@ -88,19 +89,27 @@ def test_mirrored_over_two_cpus_trains_a_recipe(tmp_path):
 
 
 WORKER_SCRIPT = """
-import json, sys
+import json, os, sys
 import keras
 import numpy as np
 from tfmagic.recipe import Recipe
 from tfmagic.training import train
 
-class SaveWeights(keras.callbacks.Callback):
+options = json.loads(sys.argv[2])
+stop_after = options.pop("stop_after", None)
+
+class SaveWeightsOrStop(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == stop_after:
+            os._exit(9)
+
     def on_train_end(self, logs=None):
         np.savez(sys.argv[3], *self.model.get_weights())
 
-result = train(Recipe(strategy="multi_worker", epochs=1, output_dir=sys.argv[1],
-                      **json.loads(sys.argv[2])), verbose=0, callbacks=[SaveWeights()])
-print(json.dumps({"status": result.status, "accuracy": result.test_accuracy}))
+result = train(Recipe(strategy="multi_worker", output_dir=sys.argv[1], **options), verbose=0,
+               callbacks=[SaveWeightsOrStop()])
+print(json.dumps({"status": result.status, "accuracy": result.test_accuracy,
+                  "resumed_from": result.resumed_from_epoch, "epochs": result.epochs_run}))
 """
 
 
@@ -114,35 +123,118 @@ def _free_ports(count):
     return ports
 
 
-@pytest.mark.xfail(strict=True, reason="Keras 3 model.fit cannot run under "
-                   "MultiWorkerMirroredStrategy: it reduces the first batch across workers "
-                   "eagerly (keras-team/keras#20585, open); this test passes once that is fixed")
-def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(tmp_path):
+def _two_workers(tmp_path, out, options):
+    """Run WORKER_SCRIPT as the 2 workers of a cluster on 127.0.0.1: (return codes,
+    last output lines as JSON or None, weights of each worker or None)."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    out = tmp_path / "run"
-    recipe = json.dumps({**SMALL, "train_subset": 1000})
     processes = []
     for index in range(2):
+        (tmp_path / f"weights{index}.npz").unlink(missing_ok=True)
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = {**ENV, "TF_CONFIG": json.dumps(config), "TF_NUM_INTRAOP_THREADS": "1",
                "TF_NUM_INTEROP_THREADS": "1"}
         processes.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER_SCRIPT, str(out), recipe,
+            [sys.executable, "-c", WORKER_SCRIPT, str(out), json.dumps(options),
              str(tmp_path / f"weights{index}.npz")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     outputs = [p.communicate(timeout=900) for p in processes]
-    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-3000:]
-        assert json.loads(stdout.strip().splitlines()[-1])["status"] == "completed"
-    first, second = (np.load(tmp_path / f"weights{i}.npz") for i in range(2))
+    codes = [p.returncode for p in processes]
+    reports = [json.loads(out.strip().splitlines()[-1]) if code == 0 else err[-3000:]
+               for code, (out, err) in zip(codes, outputs, strict=True)]
+    weights = [np.load(tmp_path / f"weights{i}.npz") if codes[i] == 0 else None
+               for i in range(2)]
+    return codes, reports, weights
+
+
+def _assert_same_weights(first, second):
     assert len(first.files) == len(second.files) > 0
     for name in first.files:
         np.testing.assert_array_equal(first[name], second[name])
+
+
+def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(tmp_path):
+    out = tmp_path / "run"
+    codes, reports, weights = _two_workers(
+        tmp_path, out, {**SMALL, "epochs": 3})
+    assert codes == [0, 0], reports
+    print(f"workers' test accuracy {reports[0]['accuracy']:.4f} {reports[1]['accuracy']:.4f}")
+    assert [r["status"] for r in reports] == ["completed", "completed"]
+    # Each worker evaluates its half of the test set; the reported metric is the cluster's.
+    assert reports[0]["accuracy"] == pytest.approx(reports[1]["accuracy"], abs=1e-6)
+    assert reports[0]["accuracy"] > 0.5
+    _assert_same_weights(*weights)
     assert sorted(p.name for p in out.iterdir()) == [
         "history.csv", "model.keras", "recipe.cfg", "result.json", "schedules.png",
         "tensorboard"]
     saved = json.loads((out / "result.json").read_text())
     assert saved["recipe"]["strategy"] == "multi_worker"
+    assert [row["epoch"] for row in csv.DictReader((out / "history.csv").open())] == ["0", "1", "2"]
+
+
+def test_multi_worker_resume_after_a_kill_between_the_workers_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    options = {**SMALL, "train_subset": 600, "epochs": 3}
+    codes, _, _ = _two_workers(tmp_path, out, {**options, "stop_after": 2})
+    assert codes == [9, 9]
+    chief_backup = out / "backup"
+    other_backup = out / "backup" / "worker-1" / "backup"
+    chief_metadata = json.loads((chief_backup / "training_metadata.json").read_text())
+    assert chief_metadata["epoch"] == 2 and chief_metadata["previous"]["epoch"] == 1
+    assert sorted(p.name for p in chief_backup.glob("*.weights.h5")) == [
+        "epoch-1.weights.h5", "epoch-2.weights.h5"]
+    # The kill came after the chief saved epoch 2 and before the other worker did.
+    (other_backup / "training_metadata.json").write_text(json.dumps(
+        {"epoch": 1, "weights": "epoch-1.weights.h5", "previous": None}))
+    (other_backup / "epoch-2.weights.h5").unlink()
+
+    codes, reports, weights = _two_workers(tmp_path, out, options)
+    assert codes == [0, 0], reports
+    assert [(r["status"], r["resumed_from"]) for r in reports] == [("completed", 1)] * 2
+    _assert_same_weights(*weights)
+    assert [row["epoch"] for row in csv.DictReader((out / "history.csv").open())] == [
+        "0", "1", "2"]
+    assert not (out / "backup").exists()
+
+
+PLAIN_FIT_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+from tfmagic import distribute
+import keras
+
+strategy = distribute.make_strategy("multi_worker")
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+x = np.random.default_rng(0).normal(size=(512, 8)).astype("float32")
+y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 1).astype("int32")
+data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+with distribute.multi_worker_fit(model):
+    history = model.fit(distribute.shard_by_example(data, strategy), epochs=10, verbose=0)
+    loss, accuracy = model.evaluate(distribute.shard_by_example(data, strategy), verbose=0)
+print(json.dumps({"loss": history.history["loss"], "accuracy": accuracy,
+                  "weights": [w.tolist() for w in model.get_weights()]}))
+"""
+
+
+def test_multi_worker_fit_makes_plain_keras_fit_work(tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = [subprocess.Popen(
+        [sys.executable, "-c", PLAIN_FIT_SCRIPT], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**ENV, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                             "task": {"type": "worker", "index": index}})})
+        for index in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-3000:] for _, err in outputs]
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert first == second
+    assert first["loss"][-1] < first["loss"][0]
+    assert first["accuracy"] > 0.8
 
 
 EVERY_PART = dict(aux_loss_weight=0.3, drop_path_rate=0.1, se=True, pooling="attention",

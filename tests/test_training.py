@@ -121,7 +121,8 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path):
 
     # A kill while the next epoch's checkpoint and history row were being written leaves a
     # truncated weights file and half a row; the run must continue from the last whole ones.
-    assert sorted(os.listdir(out / "backup")) == ["epoch-2.weights.h5",
+    # The previous epoch's weights are kept too (workers of a cluster may need them).
+    assert sorted(os.listdir(out / "backup")) == ["epoch-1.weights.h5", "epoch-2.weights.h5",
                                                   "training_metadata.json"]
     (out / "backup" / "epoch-3.weights.h5").write_bytes(b"\x89HDF\r\n")
     with open(out / "history.csv", "a") as f:

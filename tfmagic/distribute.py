@@ -21,14 +21,23 @@ default LR of 0.1 is given), Goyal et al.'s linear scaling rule.
 
 Only the *chief* writes results: the task ``chief``, or worker 0 when the cluster has no
 chief, or the only process when there is no cluster (``is_chief``).
+
+Keras 3's ``model.fit`` and ``model.evaluate`` fail under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585); ``multi_worker_fit(model)`` is the context that makes them work,
+and ``train()`` enters it for every multi-worker run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import types
+from collections.abc import Iterator
 
+import keras
 import tensorflow as tf
+from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -94,3 +103,82 @@ def lr_factor(batch_size: int, scaling: str) -> float:
     if scaling not in LR_SCALINGS:
         raise ValueError(f"lr_scaling={scaling!r} is not allowed: one of {LR_SCALINGS}")
     return batch_size / REFERENCE_BATCH_SIZE if scaling == "linear" else 1.0
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` synchronizes replicas across processes (``multi_worker``)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+@contextlib.contextmanager
+def multi_worker_fit(model: keras.Model) -> Iterator[keras.Model]:
+    """Make ``model.fit`` / ``model.evaluate`` work under ``MultiWorkerMirroredStrategy``.
+
+    Keras 3 (3.15 and earlier; keras-team/keras#20585) fails there twice:
+
+    - before the first step it builds the model from the first batch *reduced across the
+      workers*, eagerly, which TensorFlow refuses ("Attempt to convert a value
+      (PerReplica...)"); inside this context the model is built from this worker's own part
+      of the batch, which has the same structure;
+    - after each step it reduces the scalar logs with ``axis=0`` ("Invalid reduction
+      dimension 0"); inside this context they are averaged over the workers alone, as the
+      one-process path does over its replicas.
+
+    Outside a multi-worker strategy nothing changes.
+
+    >>> with multi_worker_fit(model):
+    ...     model.fit(dataset, epochs=10)
+    """
+    strategy = model.distribute_strategy
+    if not is_multi_worker(strategy):
+        yield model
+        return
+    keras_reduce = keras_tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if is_multi_worker(strategy) and reduction in ("auto", "mean"):
+            return tf.nest.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None), values)
+        return keras_reduce(values, strategy, reduction)
+
+    def build_from_local_batch(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: strategy.experimental_local_results(value)[0], next(batches))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica
+    model._maybe_symbolic_build = types.MethodType(build_from_local_batch, model)
+    try:
+        yield model
+    finally:
+        keras_tf_trainer.reduce_per_replica = keras_reduce
+        del model._maybe_symbolic_build
+
+
+def shard_by_example(dataset: tf.data.Dataset | None,
+                     strategy: tf.distribute.Strategy) -> tf.data.Dataset | None:
+    """``dataset`` split between the workers of a multi-worker strategy example by example
+    (each worker takes its part of every global batch); unchanged otherwise.
+
+    TensorFlow's automatic policy first tries to give each worker its own input files, which
+    tfmagic's in-memory and decoded-image pipelines do not have.
+    """
+    if dataset is None or not is_multi_worker(strategy):
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def agree_on_epoch(strategy: tf.distribute.Strategy, epoch: int) -> int:
+    """The smallest of the workers' ``epoch`` (every worker must call it); ``epoch`` itself
+    outside a multi-worker strategy."""
+    if not is_multi_worker(strategy):
+        return epoch
+    mine = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([epoch], tf.int64))
+    return int(tf.reduce_min(strategy.gather(mine, axis=0)))

@@ -274,29 +274,30 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
     _drop_partial_line(os.path.join(out, HISTORY_FILE))
     clock = _EpochClock(splits.train_size)
     watch = _DivergenceWatch()
-    model.fit(
-        train_data,
-        validation_data=validation_data,
-        epochs=recipe.epochs,
-        shuffle=False,
-        verbose=_verbosity(verbose),
-        callbacks=[
-            watch,
-            *([_MainOutputLogs()] if auxiliary else []),
-            _ScheduleLog(),
-            clock,
-            keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
-            *([_async_safe(keras.callbacks.TensorBoard(
-                os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0,
-                update_freq="epoch",
-            ))] if chief else []),
-            # Last of tfmagic's own: an epoch is checkpointed only after its row is logged, so
-            # a kill in between repeats the epoch (and _tidy_history keeps one row) instead of
-            # losing the row.
-            _async_safe(_AtomicBackup(os.path.join(out, BACKUP_DIR))),
-            *(callbacks or []),
-        ],
-    )
+    with distribute.multi_worker_fit(model):
+        model.fit(
+            distribute.shard_by_example(train_data, strategy),
+            validation_data=distribute.shard_by_example(validation_data, strategy),
+            epochs=recipe.epochs,
+            shuffle=False,
+            verbose=_verbosity(verbose),
+            callbacks=[
+                watch,
+                *([_MainOutputLogs()] if auxiliary else []),
+                _ScheduleLog(),
+                clock,
+                keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
+                *([_async_safe(keras.callbacks.TensorBoard(
+                    os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0,
+                    update_freq="epoch",
+                ))] if chief else []),
+                # Last of tfmagic's own: an epoch is checkpointed only after its row is logged, so
+                # a kill in between repeats the epoch (and _tidy_history keeps one row) instead of
+                # losing the row.
+                _async_safe(_AtomicBackup(os.path.join(out, BACKUP_DIR))),
+                *(callbacks or []),
+            ],
+        )
     history = _tidy_history(os.path.join(out, HISTORY_FILE))
     resumed_from = recipe.epochs if clock.first_epoch is None else clock.first_epoch
 
@@ -308,9 +309,12 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
             _save_model_atomic(model, os.path.join(out, MODEL_FILE))
         if auxiliary:
             model.compile(**_loss_and_metrics(recipe, model))
-        test_loss, test_accuracy = (
-            float(v) for v in model.evaluate(splits.test, verbose=0, return_dict=False)
-        )
+        with distribute.multi_worker_fit(model):
+            test_loss, test_accuracy = (
+                float(v) for v in model.evaluate(
+                    distribute.shard_by_example(splits.test, strategy), verbose=0,
+                    return_dict=False)
+            )
     earlier_epochs = sum(row["epoch_time_s"] for row in history if row["epoch"] < resumed_from)
     val_accuracies = [row["val_accuracy"] for row in history if "val_accuracy" in row]
     speeds = [row["train_images_per_s"] for row in history]
@@ -503,38 +507,64 @@ def _check_output_dir(recipe: Recipe, overwrite: bool) -> None:
 
 class _AtomicBackup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore (once per epoch, kept after training) whose checkpoint survives a
-    kill at any moment.
+    kill at any moment, and whose workers resume together.
 
     Keras writes the weights and the epoch number in place, one after the other, so a kill
     while writing leaves a corrupt or mismatched checkpoint. Here the weights after epoch N
     go to their own file ``epoch-N.weights.h5``; only then is ``training_metadata.json``
-    replaced (atomically) to name them, and older weight files are removed. A restart finds
-    either the previous checkpoint or the new one, both whole.
+    replaced (atomically) to name them and the previous epoch's file, and older weight
+    files are removed. A restart finds either the previous checkpoint or the new one, both
+    whole.
+
+    Each worker of a multi-worker run keeps its own checkpoint, and a kill can come between
+    two workers' saves, so on restart they may be one epoch apart: all of them resume from
+    the earliest, which every worker still holds.
     """
 
     def __init__(self, backup_dir: str):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
 
+    def _saved(self) -> dict[int, str]:
+        """Epoch number -> weight file of the checkpoints this worker holds."""
+        if not os.path.exists(self._training_metadata_path):
+            return {}
+        with open(self._training_metadata_path) as f:
+            metadata = json.load(f)
+        saved = {metadata["epoch"]: metadata["weights"]}
+        if metadata.get("previous"):
+            saved[metadata["previous"]["epoch"]] = metadata["previous"]["weights"]
+        return saved
+
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         weights = f"epoch-{self._current_epoch}.weights.h5"
         self.model.save_weights(os.path.join(self.backup_dir, weights), overwrite=True)
-        write_atomic(self._training_metadata_path,
-                     json.dumps({"epoch": self._current_epoch, "weights": weights}))
+        saved = self._saved()
+        earlier = [epoch for epoch in saved if epoch < self._current_epoch]
+        previous = {"epoch": max(earlier), "weights": saved[max(earlier)]} if earlier else None
+        write_atomic(self._training_metadata_path, json.dumps(
+            {"epoch": self._current_epoch, "weights": weights, "previous": previous}))
+        kept = {weights, previous and previous["weights"]}
         for name in os.listdir(self.backup_dir):
-            if name.endswith(".weights.h5") and name != weights:
+            if name.endswith(".weights.h5") and name not in kept:
                 os.remove(os.path.join(self.backup_dir, name))
 
     def _load_model(self):
-        if not os.path.exists(self._training_metadata_path):
+        saved = self._saved()
+        mine = max(saved, default=0)
+        epoch = distribute.agree_on_epoch(self.model.distribute_strategy, mine)
+        if epoch == 0:
             return
-        with open(self._training_metadata_path) as f:
-            metadata = json.load(f)
+        if epoch not in saved:
+            raise RuntimeError(
+                f"this worker's checkpoint in {self.backup_dir} is at epoch {mine} and "
+                f"another worker's at epoch {epoch}, too far apart to resume together; "
+                "remove backup/ under output_dir on every worker to start the run again")
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
-        self.model._initial_epoch = metadata["epoch"]
+        self.model.load_weights(os.path.join(self.backup_dir, saved[epoch]))
+        self.model._initial_epoch = epoch
 
 
 def _drop_partial_line(path: str) -> None:
