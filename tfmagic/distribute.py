@@ -37,7 +37,6 @@ from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
-from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -133,6 +132,10 @@ def multi_worker_fit(model: keras.Model) -> Iterator[keras.Model]:
     if not is_multi_worker(strategy):
         yield model
         return
+    # Imported here: a Keras that moves this private module should break multi-worker runs
+    # only, with the error pointing at this line.
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
     keras_reduce = keras_tf_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):
