@@ -123,27 +123,36 @@ def _free_ports(count):
     return ports
 
 
-def _two_workers(tmp_path, out, options):
-    """Run WORKER_SCRIPT as the 2 workers of a cluster on 127.0.0.1: (return codes,
-    last output lines as JSON or None, weights of each worker or None)."""
+def _cluster(script, args_of):
+    """Run `script` as the 2 workers of a cluster on 127.0.0.1, worker i with the arguments
+    `args_of(i)`: (return codes, each worker's last output line as JSON, or the end of its
+    stderr when it failed)."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []
     for index in range(2):
-        (tmp_path / f"weights{index}.npz").unlink(missing_ok=True)
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = {**ENV, "TF_CONFIG": json.dumps(config), "TF_NUM_INTRAOP_THREADS": "1",
                "TF_NUM_INTEROP_THREADS": "1"}
         processes.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER_SCRIPT, str(out), json.dumps(options),
-             str(tmp_path / f"weights{index}.npz")],
+            [sys.executable, "-c", script, *args_of(index)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     outputs = [p.communicate(timeout=900) for p in processes]
     codes = [p.returncode for p in processes]
     reports = [json.loads(out.strip().splitlines()[-1]) if code == 0 else err[-3000:]
                for code, (out, err) in zip(codes, outputs, strict=True)]
-    weights = [np.load(tmp_path / f"weights{i}.npz") if codes[i] == 0 else None
-               for i in range(2)]
-    return codes, reports, weights
+    return codes, reports
+
+
+def _two_workers(tmp_path, out, options):
+    """Train `options` with WORKER_SCRIPT on a 2-worker cluster: (return codes, reports as
+    `_cluster`'s, each worker's final weights or None)."""
+    files = [tmp_path / f"weights{index}.npz" for index in range(2)]
+    for path in files:
+        path.unlink(missing_ok=True)
+    codes, reports = _cluster(
+        WORKER_SCRIPT, lambda index: [str(out), json.dumps(options), str(files[index])])
+    return codes, reports, [np.load(path) if code == 0 else None
+                            for code, path in zip(codes, files, strict=True)]
 
 
 def _assert_same_weights(first, second):
@@ -221,17 +230,10 @@ print(json.dumps({"loss": history.history["loss"], "accuracy": accuracy,
 """
 
 
-def test_multi_worker_fit_makes_plain_keras_fit_work(tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = [subprocess.Popen(
-        [sys.executable, "-c", PLAIN_FIT_SCRIPT], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        env={**ENV, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                             "task": {"type": "worker", "index": index}})})
-        for index in range(2)]
-    outputs = [p.communicate(timeout=600) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], [err[-3000:] for _, err in outputs]
-    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+def test_multi_worker_fit_makes_plain_keras_fit_work():
+    codes, reports = _cluster(PLAIN_FIT_SCRIPT, lambda index: [])
+    assert codes == [0, 0], reports
+    first, second = reports
     assert first == second
     assert first["loss"][-1] < first["loss"][0]
     assert first["accuracy"] > 0.8
