@@ -47,6 +47,9 @@ def test_badge_install_cell_and_fast_parameter(name):
     assert setup.startswith("FAST = 0")
     assert f"git+https://github.com/{REPOSITORY}" in setup
     assert 'list_physical_devices("GPU")' in setup
+    readme = (ROOT / "README.md").read_text()
+    assert (f"(https://colab.research.google.com/github/{REPOSITORY}/blob/main/colab/{name})"
+            in readme)
 
 
 def _execute(name, tmp_path, report):
@@ -75,7 +78,8 @@ def test_quickstart_trains_with_fit_and_shows_the_schedule_and_the_augmentation(
         "accuracy": float(test_accuracy), "epochs": len(history.history["loss"]),
         "se": se_blocks, "lr_peak": float(max(lr(np.arange(total_steps))))}""")
     print(f"quickstart (FAST): test accuracy {found['accuracy']:.4f}")
-    assert "no GPU: training on the CPU" in text
+    # The first cell says which devices train.
+    assert re.search(r"^TensorFlow \S+, (\d+ GPU\(s\)|no GPU: training on the CPU)", text, re.M)
     # The augmentation preview, the schedules, the training curves.
     assert images == [0, 0, 1, 1, 0, 1, 0]
     assert found["epochs"] == 3
