@@ -3,13 +3,16 @@
 import gzip
 import importlib.util
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import app, flags
 from PIL import Image
 
 from tfmagic import data
+from tfmagic.cli import train as train_cli
 from tfmagic.data import DataError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -249,6 +252,87 @@ def test_folder_splits_stratified_and_seeded(tmp_path):
     assert _keys(other[0]) != _keys(x_train) and _keys(other[2]) != _keys(x_val)
 
 
+def _write_bad_files(root, names):
+    """Files named as images that no decoder accepts: empty, text, a PNG cut short."""
+    good = os.path.join(root, "red", "img000.png")
+    with open(good, "rb") as f:
+        png = f.read()
+    payloads = {"empty": b"", "text": b"not an image", "cut": png[: len(png) // 2]}
+    paths = []
+    for name, kind in names.items():
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(payloads[kind])
+        paths.append(path)
+    return paths
+
+
+def test_folder_undecodable_images_are_all_named(tmp_path):
+    root = _write_folder(tmp_path, dict.fromkeys(COLOURS, 4))
+    # blue/a_empty.jpg sorts first: image_size=None must skip it to find the size.
+    bad = _write_bad_files(root, {"blue/a_empty.jpg": "empty", "green/deep/notes.PNG": "text",
+                                  "red/img999.png": "cut"})
+    with pytest.raises(DataError, match="remove or replace them") as info:
+        data.load(f"folder:{root}", batch_size=4)
+    message = str(info.value)
+    assert "3 of its 15 image files cannot be decoded" in message
+    for path, reason in zip(bad, ("Input is empty", "Unknown image file format", "Invalid PNG"),
+                            strict=True):
+        assert f"{path} ({reason}" in message
+    assert "Traceback" not in message and "{{" not in message and "[Op:" not in message
+
+
+def test_folder_undecodable_images_list_the_first_20(tmp_path):
+    root = _write_folder(tmp_path / "train", dict.fromkeys(COLOURS, 2))
+    _write_folder(tmp_path / "test", dict.fromkeys(COLOURS, 1))
+    bad = _write_bad_files(root, {f"green/bad{i:02d}.gif": "text" for i in range(25)})
+    bad += _write_bad_files(tmp_path / "test", {"blue/bad.bmp": "empty"})
+    with pytest.raises(DataError, match="26 of its 35 image files") as info:
+        data.load(f"folder:{tmp_path}", batch_size=4, image_size=8)
+    message = str(info.value)
+    assert sum(path in message for path in bad) == 20
+    assert "first 20 of 26" in message
+
+
+def test_folder_with_one_class_is_refused_up_front(tmp_path):
+    one = _write_folder(tmp_path / "one", {"red": 3})
+    with pytest.raises(DataError, match=re.escape(f"image folder {one} needs at least 2 class")):
+        data.check_dataset_name(f"folder:{one}")
+    _write_folder(tmp_path / "split" / "train", {"blue": 3})
+    _write_folder(tmp_path / "split" / "test", {"blue": 1, "red": 1})
+    train = os.path.join(tmp_path, "split", "train")
+    with pytest.raises(DataError, match=re.escape(f"image folder {train} needs at least 2")):
+        data.check_dataset_name(f"folder:{tmp_path / 'split'}")
+
+
+def test_folder_with_an_empty_class_is_refused_up_front(tmp_path):
+    root = _write_folder(tmp_path, dict.fromkeys(COLOURS, 3))
+    os.makedirs(tmp_path / "yellow" / "nested")
+    (tmp_path / "yellow" / "notes.txt").write_text("not an image")
+    os.makedirs(tmp_path / "white")
+    with pytest.raises(DataError, match="remove them or add images") as info:
+        data.check_dataset_name(f"folder:{root}")
+    assert f"{tmp_path / 'white'}, {tmp_path / 'yellow'}" in str(info.value)
+    # An image below a nested sub-folder counts.
+    _write_folder(tmp_path / "yellow" / "nested", {"red": 1})
+    os.rmdir(tmp_path / "white")
+    data.check_dataset_name(f"folder:{root}")
+
+
+def test_train_cli_refuses_a_one_class_folder(tmp_path, capsys):
+    one = _write_folder(tmp_path / "one", {"red": 12})
+    out = tmp_path / "run"
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as caught:
+        app.run(train_cli.main, argv=["tfmagic-train", f"--dataset=folder:{one}",
+                                      "--image_size=28", f"--output_dir={out}"])
+    flags.FLAGS.unparse_flags()
+    assert caught.value.code == 1
+    assert f"image folder {one} needs at least 2 class sub-folders" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- Fashion-MNIST splits
 
 
@@ -386,18 +470,24 @@ def test_bad_arguments_that_depend_on_the_data(tmp_path):
 
 def test_dataset_names(tmp_path):
     data.check_dataset_name("fashion_mnist")
-    data.check_dataset_name(f"folder:{tmp_path}")
+    data.check_dataset_name(f"folder:{_write_folder(tmp_path / 'ok', dict.fromkeys(COLOURS, 1))}")
     data.check_dataset_name("tfds:cifar10")
     for bad in ("mnist", "folder:", f"folder:{tmp_path / 'absent'}", "tfds:", "tfds: ", None):
         with pytest.raises(DataError, match="dataset"):
             data.check_dataset_name(bad)
     with pytest.raises(DataError, match="fashion_mnist.*folder:PATH.*tfds:NAME"):
         data.load("cifar10", batch_size=32)
-    with pytest.raises(DataError, match="no images"):
-        data.load(f"folder:{tmp_path}", batch_size=32)
-    os.makedirs(tmp_path / "train" / "a")
+    empty = tmp_path / "empty"
+    os.makedirs(empty)
+    with pytest.raises(DataError, match="needs at least 2 class sub-folders .*found none"):
+        data.load(f"folder:{empty}", batch_size=32)
+    os.makedirs(empty / "train" / "a")
     with pytest.raises(DataError, match="no test/"):
-        data.load(f"folder:{tmp_path}", batch_size=32)
+        data.load(f"folder:{empty}", batch_size=32)
+    split = _write_folder(tmp_path / "split" / "train", {"blue": 1, "red": 1})
+    os.makedirs(tmp_path / "split" / "test" / "blue")
+    with pytest.raises(DataError, match=f"{os.path.dirname(split)}/test holds no images"):
+        data.load(f"folder:{os.path.dirname(split)}", batch_size=32)
 
 
 @pytest.mark.skipif(

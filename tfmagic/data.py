@@ -18,6 +18,10 @@ Dataset specs:
   by Keras.
 * ``"folder:PATH"``: one sub-folder per class. If ``PATH`` has ``train/`` and ``test/``
   sub-folders they are the splits; otherwise a fixed stratified 1/6 of ``PATH`` is the test set.
+  There must be at least 2 classes and every class sub-folder (of ``train/`` in that layout)
+  must hold an image file (``.bmp .gif .jpeg .jpg .png``, any case), directly or in nested
+  folders; hidden sub-folders (``.name``) are skipped. Every image file must decode: the error
+  names the ones that do not.
 * ``"tfds:NAME"``: the ``train`` and ``test`` splits of a tensorflow-datasets dataset.
 """
 
@@ -28,6 +32,7 @@ import gzip
 import importlib
 import numbers
 import os
+import re
 import zlib
 from collections.abc import Callable
 
@@ -73,6 +78,8 @@ _MAX_IN_MEMORY_BYTES = 2**31 - 1
 # Seed of the folder test hold-out: the test set must not change with the training seed.
 _FOLDER_TEST_SEED = 0
 _FOLDER_TEST_FRACTION = 1 / 6
+# Undecodable image files named in an error message; the rest are counted.
+_MAX_LISTED_FILES = 20
 # Independent random streams derived from the user's seed.
 _SUBSET_STREAM = 1
 _VALIDATION_STREAM = 2
@@ -256,60 +263,26 @@ def fashion_mnist(
 # ----------------------------------------------------------------------------- image folders
 
 
-def _first_image(path: str) -> str | None:
-    for class_dir in sorted(os.listdir(path)):
-        class_path = os.path.join(path, class_dir)
-        if not os.path.isdir(class_path):
-            continue
-        for root, dirs, files in os.walk(class_path):
-            dirs.sort()
-            for name in sorted(files):
-                if name.lower().endswith(_IMAGE_EXTENSIONS):
-                    return os.path.join(root, name)
-    return None
+def _class_names(directory: str) -> list[str]:
+    """The class sub-folders of an image folder, sorted; hidden ones (``.name``) are skipped."""
+    return [
+        name
+        for name in sorted(os.listdir(directory))
+        if not name.startswith(".") and os.path.isdir(os.path.join(directory, name))
+    ]
 
 
-def _read_folder(
-    path: str, size: tuple[int, int], class_names: list[str] | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    try:
-        dataset = keras.utils.image_dataset_from_directory(
-            path,
-            labels="inferred",
-            label_mode="int",
-            class_names=class_names,
-            color_mode="rgb",
-            batch_size=None,
-            image_size=size,
-            shuffle=False,
-            interpolation="bilinear",
-            data_format="channels_last",
-            verbose=False,
-        )
-    except ValueError as e:
-        raise DataError(f"image folder {path} could not be read: {e}") from e
-    count = len(dataset.file_paths)
-    if count * size[0] * size[1] * 3 > _MAX_IN_MEMORY_BYTES:
-        raise DataError(
-            f"image folder {path}: {count} images of {size[0]}x{size[1]} do not fit in memory "
-            "(2 GiB); pass a smaller image_size"
-        )
-    names = list(dataset.class_names)
-    images = np.empty((count, size[0], size[1], 3), dtype=np.uint8)
-    labels = np.empty((count,), dtype=np.int32)
-    start = 0
-    for x, y in dataset.batch(256).as_numpy_iterator():
-        stop = start + len(y)
-        images[start:stop] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
-        labels[start:stop] = y
-        start = stop
-    return images, labels, names
+def _has_image(directory: str) -> bool:
+    """Whether ``directory`` or a folder below it holds an image file; stops at the first."""
+    return any(
+        name.lower().endswith(_IMAGE_EXTENSIONS)
+        for _, _, files in os.walk(directory)
+        for name in files
+    )
 
 
-def _load_folder(
-    path: str, image_size: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    path = os.path.expanduser(path)
+def _check_folder(path: str) -> None:
+    """Check an image folder's layout and classes by listing folders; nothing is decoded."""
     train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "test")
     has_train, has_test = os.path.isdir(train_dir), os.path.isdir(test_dir)
     if has_train != has_test:
@@ -318,35 +291,165 @@ def _load_folder(
             f"image folder {path} has a {present}/ sub-folder but no {absent}/: use both "
             "(each with one sub-folder per class) or neither (one sub-folder per class)"
         )
-    if image_size is None:
-        first = _first_image(train_dir if has_train else path)
-        if first is None:
-            raise DataError(f"image folder {path} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
+    classes_dir = train_dir if has_train else path
+    names = _class_names(classes_dir)
+    if len(names) < 2:
+        found = f"found {len(names)}: {', '.join(names)}" if names else "found none"
+        raise DataError(
+            f"image folder {classes_dir} needs at least 2 class sub-folders (one sub-folder of "
+            f"images per class), {found}"
+        )
+    empty = [
+        os.path.join(classes_dir, name)
+        for name in names
+        if not _has_image(os.path.join(classes_dir, name))
+    ]
+    if empty:
+        raise DataError(
+            f"image folder {classes_dir} has class sub-folders without images "
+            f"({', '.join(_IMAGE_EXTENSIONS)}): {', '.join(empty)}; remove them or add images"
+        )
+
+
+def _folder_files(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """The image files of an image folder with their int32 labels, and its class names.
+
+    Classes are in sorted order, each class's files sorted by folder, then by name (nested
+    folders included), as ``keras.utils.image_dataset_from_directory`` lists them.
+    """
+    names = _class_names(directory)
+    files, labels = [], []
+    for label, name in enumerate(names):
+        walk = sorted(os.walk(os.path.join(directory, name)), key=lambda entry: entry[0])
+        for root, _, found in walk:
+            for file in sorted(found):
+                if file.lower().endswith(_IMAGE_EXTENSIONS):
+                    files.append(os.path.join(root, file))
+                    labels.append(label)
+    if not files:
+        raise DataError(
+            f"image folder {directory} holds no images ({', '.join(_IMAGE_EXTENSIONS)})"
+        )
+    return files, np.array(labels, dtype=np.int32), names
+
+
+def _decode_image(file: str | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """One image file as uint8 ``(height, width, 3)``, resized (bilinear) to ``size``."""
+    image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
+    image = tf.image.resize(image, size, method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _decoder_reason(error: tf.errors.OpError) -> str:
+    """TensorFlow's error message without its op and function annotations."""
+    return re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", error.message).strip().rstrip(".")
+
+
+def _undecodable(path: str, bad: list[tuple[str, str]], count: int) -> DataError:
+    """The error that names the files that cannot be decoded (the first
+    ``_MAX_LISTED_FILES``) with the decoder's reasons."""
+    listed = "; ".join(f"{file} ({reason})" for file, reason in bad[:_MAX_LISTED_FILES])
+    if len(bad) > _MAX_LISTED_FILES:
+        listed += f"; ... (the first {_MAX_LISTED_FILES} of {len(bad)} shown)"
+    return DataError(
+        f"image folder {path}: {len(bad)} of its {count} image files cannot be decoded; "
+        f"remove or replace them: {listed}"
+    )
+
+
+def _first_image_size(path: str, files: list[str]) -> tuple[int, int]:
+    """Height and width of the first image in ``files`` that decodes.
+
+    Raises:
+        DataError: no file decodes, naming every file and the decoder's reason.
+    """
+    bad = []
+    for file in files:
         try:
-            shape = tf.io.decode_image(tf.io.read_file(first), expand_animations=False).shape
+            shape = tf.io.decode_image(tf.io.read_file(file), expand_animations=False).shape
         except tf.errors.OpError as e:
-            raise DataError(f"image {first} could not be decoded: {e.message}") from e
-        size = (int(shape[0]), int(shape[1]))
-    else:
-        size = (image_size, image_size)
+            bad.append((file, _decoder_reason(e)))
+        else:
+            return int(shape[0]), int(shape[1])
+    raise _undecodable(path, bad, len(files))
+
+
+def _read_folder(
+    path: str, files: list[str], size: tuple[int, int]
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode the image files of folder ``path`` in parallel inside tf.data, resized to ``size``.
+
+    Every element carries its file's index through the pipeline and failing elements are
+    dropped; the files whose index is missing are decoded again one by one for the decoder's
+    reason.
+
+    Returns:
+        The uint8 images ``(len(files), height, width, 3)`` and ``(file, reason)`` of every
+        file that cannot be decoded (its image is then left undefined).
+    """
+    count = len(files)
+    if count * size[0] * size[1] * 3 > _MAX_IN_MEMORY_BYTES:
+        raise DataError(
+            f"image folder {path}: {count} images of {size[0]}x{size[1]} do not fit in memory "
+            "(2 GiB); pass a smaller image_size"
+        )
+    images = np.empty((count, size[0], size[1], 3), dtype=np.uint8)
+    decoded = np.zeros((count,), dtype=bool)
+    dataset = tf.data.Dataset.from_tensor_slices((files, np.arange(count)))
+    dataset = dataset.map(
+        lambda file, index: (_decode_image(file, size), index),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    ).ignore_errors()
+    for batch, indices in dataset.batch(256).as_numpy_iterator():
+        images[indices] = batch
+        decoded[indices] = True
+    bad = []
+    for index in np.flatnonzero(~decoded):
+        try:
+            images[index] = _decode_image(files[index], size).numpy()
+        except tf.errors.OpError as e:
+            bad.append((files[index], _decoder_reason(e)))
+    return images, bad
+
+
+def _load_folder(
+    path: str, image_size: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Decode an image folder whose layout and classes :func:`check_dataset_name` accepted."""
+    path = os.path.expanduser(path)
+    train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "test")
+    has_train = os.path.isdir(train_dir)
+    train_root = train_dir if has_train else path
+    train_files, y_train, names = _folder_files(train_root)
+    test_files = []
     if has_train:
-        x_train, y_train, names = _read_folder(train_dir, size)
-        x_test, y_test, test_names = _read_folder(test_dir, size)
+        test_files, y_test, test_names = _folder_files(test_dir)
         if test_names != names:
             raise DataError(
                 f"image folder {path}: test/ classes {test_names} differ from train/ "
                 f"classes {names}"
             )
+    if image_size is None:
+        size = _first_image_size(train_root, train_files)
     else:
-        images, labels, names = _read_folder(path, size)
+        size = (image_size, image_size)
+    x_train, bad = _read_folder(train_root, train_files, size)
+    if has_train:
+        x_test, test_bad = _read_folder(test_dir, test_files, size)
+        bad += test_bad
+    if bad:
+        raise _undecodable(path, bad, len(train_files) + len(test_files))
+    if not has_train:
         rng = np.random.default_rng(_FOLDER_TEST_SEED)
         test_idx = _stratified_holdout(
-            labels, len(names), _FOLDER_TEST_FRACTION, rng, f"image folder {path} (test hold-out)"
+            y_train, len(names), _FOLDER_TEST_FRACTION, rng,
+            f"image folder {path} (test hold-out)",
         )
-        train_mask = np.ones(len(labels), dtype=bool)
+        train_mask = np.ones(len(y_train), dtype=bool)
         train_mask[test_idx] = False
-        x_train, y_train = images[train_mask], labels[train_mask]
-        x_test, y_test = images[test_idx], labels[test_idx]
+        x_test, y_test = x_train[test_idx], y_train[test_idx]
+        x_train, y_train = x_train[train_mask], y_train[train_mask]
     return x_train, y_train, x_test, y_test, tuple(names)
 
 
@@ -523,11 +626,14 @@ def _pipeline(
 def check_dataset_name(dataset: str) -> None:
     """Check a dataset spec without loading any data.
 
-    Accepted: ``"fashion_mnist"``, ``"folder:PATH"`` (an existing directory) and
-    ``"tfds:NAME"`` (a nonempty name).
+    Accepted: ``"fashion_mnist"``, ``"folder:PATH"`` (an existing directory with ``train/``
+    and ``test/`` sub-folders or neither, and at least 2 class sub-folders, of ``train/`` in
+    that layout, each holding an image file) and ``"tfds:NAME"`` (a nonempty name). Folders are
+    only listed, up to the first image file of each class; no image is decoded.
 
     Raises:
-        DataError: the spec is malformed, naming the value and the accepted forms.
+        DataError: the spec is malformed, naming the value and the accepted forms, or the
+            folder breaks one of the rules above, naming the folder.
     """
     forms = ", ".join(DATASET_FORMS)
     if not isinstance(dataset, str):
@@ -540,6 +646,7 @@ def check_dataset_name(dataset: str) -> None:
             raise DataError(f'dataset "{dataset}": folder: needs a directory path')
         if not os.path.isdir(os.path.expanduser(rest)):
             raise DataError(f'dataset "{dataset}": {rest} is not an existing directory')
+        _check_folder(os.path.expanduser(rest))
         return
     if sep and kind == "tfds":
         if not rest.strip():
@@ -608,8 +715,10 @@ def load(
         dataset: ``"fashion_mnist"``, ``"folder:PATH"`` or ``"tfds:NAME"``. A folder holds one
             sub-folder per class, or ``train/`` and ``test/`` sub-folders that each do; without
             them a stratified 1/6 of the images, the same for every ``seed``, is the test set.
-            Folder images are decoded once and resized at load time to ``image_size`` (when
-            None, to the size of the first image in sorted order), three channels.
+            A folder needs at least 2 class sub-folders, and none may be empty (no image file
+            in it or below it). Folder images are decoded once and resized at load time to
+            ``image_size`` (when None, to the size of the first decodable image in sorted
+            order), three channels; files that cannot be decoded are an error that names them.
         batch_size: training batch size (the last batch may be smaller).
         seed: seeds the subset, the validation hold-out and the per-epoch shuffle.
         train_subset: use only this many training images, chosen stratified (class
