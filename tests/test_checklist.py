@@ -17,6 +17,7 @@ from tfmagic.checklist import report, runner
 from tfmagic.checklist.trials import (
     EXTENDED_TRIAL_NAMES,
     TRIAL_NAMES,
+    SkippedTrial,
     Trial,
     checklist_trials,
 )
@@ -86,6 +87,30 @@ def test_extended_trials_and_skips_with_reasons():
     }
     with pytest.raises(ValueError, match="^trials=lr_onecycle is not allowed"):
         checklist_trials(baseline, names=["lr_onecycle"])
+
+
+GAMMA_IN_WARMUP = (
+    "the change lr_schedule=gamma does not fit this baseline: warmup_epochs=0.6 is not "
+    "allowed: must be < epochs / 2 (0.5) with lr_schedule=gamma (its first step decay is at "
+    "half of training)")
+
+
+def test_a_trial_the_baseline_cannot_run_is_skipped_before_anything_starts(tmp_path):
+    baseline = Recipe(epochs=1, warmup_epochs=0.6)
+    trials, skipped = checklist_trials(baseline, names=["lr_gamma", "lr_cosine"])
+    assert [t.name for t in trials] == ["lr_cosine"]
+    assert skipped == [SkippedTrial("lr_gamma", GAMMA_IN_WARMUP)]
+
+    too_long = Trial("warmup_2", "warmup", "two epochs of warm-up", {"warmup_epochs": 2.0})
+    out = tmp_path / "out"
+    jobs, skipped = runner.plan(baseline, str(out), trials=[*TRIAL_NAMES, too_long])
+    assert "lr_gamma" not in {job.trial.name for job in jobs}
+    assert "warmup_2" not in {job.trial.name for job in jobs}
+    reasons = {s.name: s.reason for s in skipped}
+    assert reasons["lr_gamma"] == GAMMA_IN_WARMUP
+    assert reasons["warmup_2"] == ("the change warmup_epochs=2.0 does not fit this baseline: "
+                                   "warmup_epochs=2.0 is not allowed: must be < epochs (1)")
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

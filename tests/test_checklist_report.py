@@ -3,6 +3,7 @@ every report file built from real run directories (result.json, history.csv, fai
 
 import csv
 import dataclasses
+import io
 import json
 import math
 
@@ -10,9 +11,12 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tfmagic.checklist.report import best_recipe, collect, write_report
+from tfmagic.checklist import runner
+from tfmagic.checklist.report import best_recipe, collect, read_run, write_report
 from tfmagic.checklist.stats import Verdict, verdict, welch_t_test
+from tfmagic.checklist.trials import Trial
 from tfmagic.recipe import Recipe
+from tfmagic.training import TrainResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE = [0.80, 0.81, 0.805]
@@ -421,8 +425,135 @@ def test_errors_are_clear(tmp_path):
                                                 "plan.json"):
         collect(tmp_path)
     out = tmp_path / "out"
-    make_checklist(out, 1, [("baseline", "baseline", {}, [("crashed", "?")])])
-    with pytest.raises(ValueError, match="failure.json: status='crashed' is not allowed"):
-        write_report(out)
+    make_checklist(out, 1, [("baseline", "baseline", {}, [0.8])])
     with pytest.raises(ValueError, match="total_time_s=-1.0 is not allowed"):
         write_report(out, total_time_s=-1.0)
+
+
+FIX = "fix it, or remove it to train this seed again"
+# trial -> (file, text written by hand, what the report must say is wrong with it)
+BAD_FILES = {
+    "lr_cosine": ("result.json", "[]", "it holds a JSON array, not an object"),
+    "wd_cycles": ("result.json", '{"status": "completed"}',
+                  "test_accuracy is missing, wall_time_s is missing"),
+    "cutout": ("result.json", '{"status": "completed", "test_accuracy": 0.8',
+               "it is not valid JSON (Expecting ',' delimiter"),
+    "mixup": ("failure.json", '{"status": "crashed", "reason": "?"}',
+              'status="crashed" is not "failed" or "skipped"'),
+}
+
+
+def test_unreadable_runs_are_reported_and_the_rest_of_the_report_is_written(tmp_path):
+    out = tmp_path / "out"
+    make_checklist(out, 3, [
+        ("baseline", "baseline", {}, BASE),
+        ("lr_gamma", "lr", {"lr_schedule": "gamma"}, [0.85, 0.86, 0.855]),
+        ("lr_cosine", "lr", {"lr_schedule": "cosine"}, [None, 0.82, 0.83]),
+        ("wd_cycles", "wd", {"weight_decay_schedule": "cycles"}, [None, None, None]),
+        ("cutout", "regularization", {"cutout": 0.25}, [None, 0.77, 0.78]),
+        ("mixup", "regularization", {"mixup_alpha": 0.2}, [None, None, None]),
+    ])
+    for name, (file, text, _) in BAD_FILES.items():
+        seeds = range(3) if name in ("wd_cycles", "mixup") else [0]
+        for k in seeds:
+            run_dir = out / "trials" / name / f"seed{k}"
+            run_dir.mkdir(parents=True)
+            (run_dir / file).write_text(text)
+
+    report = write_report(out)
+    markdown = (out / "report.md").read_text()
+    problems = markdown[markdown.index("## Failed and skipped"):markdown.index("## best.cfg")]
+    assert (f"- `lr_cosine` (partial): seed 0 unreadable: trials/lr_cosine/seed0/result.json "
+            f"is not a result: it holds a JSON array, not an object; {FIX}") in problems
+    assert ("- `wd_cycles` (unreadable): seed 0 unreadable: trials/wd_cycles/seed0/result.json "
+            "is not a result: test_accuracy is missing, wall_time_s is missing; "
+            f"{FIX}; seed 1 unreadable: trials/wd_cycles/seed1/result.json") in problems
+    for name, (file, _, wrong) in BAD_FILES.items():
+        assert f"trials/{name}/seed0/{file} is not a " in problems
+        assert wrong in problems
+    assert ("trials/mixup/seed0/failure.json is not a failure record: status=\"crashed\" is "
+            "not \"failed\" or \"skipped\"; fix it, or remove it to try this seed again"
+            ) in problems
+
+    assert table_row(markdown, "lr_gamma")[2:6] == [accuracy_text([0.85, 0.86, 0.855]),
+                                                    "+5.00", "<0.001", "better"]
+    assert table_row(markdown, "lr_cosine")[2] == "82.50 ± 0.71 (2 of 3 seeds)"
+    assert table_row(markdown, "wd_cycles")[5] == "unreadable"
+    assert table_row(markdown, "mixup")[5] == "unreadable"
+    assert "6 trials: 2 completed, 2 partial, 2 unreadable." in markdown
+    assert report.best_trials == ["lr_gamma"]
+    with open(out / "summary.csv", newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert [rows[n]["status"] for n in rows] == ["completed", "completed", "partial",
+                                                 "unreadable", "partial", "unreadable"]
+    assert (rows["wd_cycles"]["seeds_failed"], rows["wd_cycles"]["seeds_done"]) == ("3", "0")
+    assert rows["cutout"]["seeds_done"] == "2" and rows["cutout"]["seeds_failed"] == "1"
+    assert float(rows["lr_cosine"]["test_accuracy_mean"]) == pytest.approx(0.825)
+    assert rows["lr_gamma"]["verdict"] == "better"
+    assert "trials/cutout/seed0/result.json is not a result" in rows["cutout"]["reasons"]
+
+
+@pytest.mark.parametrize("text,wrong", [
+    ('{"status": "running", "wall_time_s": 1.0}',
+     'status="running" is not "completed" or "diverged"'),
+    ('{"wall_time_s": 1.0}', "status is missing"),
+    ('{"status": "completed", "test_accuracy": "0.9", "wall_time_s": 1.0}',
+     'test_accuracy="0.9" is not a finite number'),
+    ('{"status": "completed", "test_accuracy": NaN, "wall_time_s": 1.0}',
+     "test_accuracy=NaN is not a finite number"),
+    ('{"status": "completed", "test_accuracy": 0.9, "wall_time_s": 1.0, "params": 1.5}',
+     "params=1.5 is not an integer"),
+    ('{"status": "diverged", "test_accuracy": null}', "wall_time_s is missing"),
+    ("42", "it holds a JSON number, not an object"),
+    ("\x89PNG", "it is not valid JSON"),
+])
+def test_read_run_names_what_is_wrong_with_a_result(tmp_path, text, wrong):
+    run_dir = tmp_path / "trials" / "x" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(text)
+    state, result, reason = read_run(str(run_dir))
+    assert (state, result) == ("unreadable", None)
+    assert reason.startswith(f"{run_dir / 'result.json'} is not a result: {wrong}")
+    assert reason.endswith(f"; {FIX}")
+    assert read_run(str(run_dir), relative_to=str(tmp_path))[2].startswith(
+        "trials/x/seed0/result.json is not a result: ")
+
+
+@pytest.mark.parametrize("status,accuracy,loss,state", [
+    ("completed", 0.8, 0.6, "done"),
+    ("completed", 0.8, math.nan, "done"),                  # written as null
+    ("diverged", None, None, "failed"),
+])
+def test_read_run_accepts_what_train_writes(tmp_path, status, accuracy, loss, state):
+    result = TrainResult(status=status, output_dir=str(tmp_path), test_accuracy=accuracy,
+                         test_loss=loss, best_val_accuracy=None, epochs_run=2,
+                         wall_time_s=12.5, train_images_per_s=None, params=69426,
+                         resumed_from_epoch=0, recipe=Recipe())
+    (tmp_path / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    assert read_run(str(tmp_path))[0] == state
+
+
+def test_the_runner_reports_an_unreadable_run_and_leaves_it_alone(tmp_path):
+    out = tmp_path / "out"
+    make_checklist(out, 1, [("baseline", "baseline", {}, [None])])
+    baseline = Recipe(train_subset=2000, epochs=5)
+    for text in ('{"status": "completed"}', "[]", '{"status": "completed", '):
+        job = runner.Job(Trial("baseline", "baseline", "the recipe as given"), 0, baseline,
+                         str(out))
+        result = out / "trials" / "baseline" / "seed0" / "result.json"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_text(text)
+        outcome = runner.job_state(job)
+        assert outcome.status == "failed"
+        assert outcome.reason.startswith(f"{result} is not a result: ")
+        assert outcome.reason.endswith(f"; {FIX}")
+        assert result.read_text() == text
+    (out / "trials/baseline/seed0/failure.json").write_text("{}")
+    result.unlink()
+    assert runner.job_state(job).reason == (
+        f"{result.parent / 'failure.json'} is not a failure record: status is missing; fix it, "
+        "or remove it to try this seed again")
+    stream = io.StringIO()
+    runner._Progress(stream, 1).start(1, [runner.job_state(job)])
+    assert (f"tfmagic-checklist: baseline-seed0: failed, not run again: "
+            f"{result.parent / 'failure.json'} is not a failure record") in stream.getvalue()

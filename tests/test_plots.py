@@ -33,7 +33,7 @@ def test_steps_counted_from_the_data_when_not_given(tmp_path):
 
 
 def test_bad_schedule_leaves_nothing_behind(tmp_path):
-    recipe = Recipe(epochs=1, warmup_epochs=0.6, lr_schedule="gamma", output_dir=str(tmp_path))
+    recipe = Recipe(epochs=1, lr_cycles=20, output_dir=str(tmp_path))
     with pytest.raises(RecipeError, match="lr_schedule"):
         plot_schedules(recipe, tmp_path / "new" / "s.png", steps_per_epoch=10)
     assert not (tmp_path / "new").exists()

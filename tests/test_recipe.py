@@ -1,6 +1,7 @@
 """Recipe: defaults, every validation rule, flags generated from the fields, flagfiles."""
 
 import dataclasses
+import math
 
 import pytest
 from absl import flags
@@ -68,6 +69,9 @@ BAD_VALUES = [
     ("epochs", 2.5, "type int"),
     ("lr", "fast", "type float"),
     ("batch_size", True, "type int"),
+    # Every float field refuses inf, -inf and nan up front, with its own range.
+    *[(f.name, value, "must be a finite number " + f.metadata["allowed"].removeprefix("must be "))
+      for f in fields() if f.type is float for value in (math.inf, -math.inf, math.nan)],
 ]
 
 
@@ -91,6 +95,31 @@ def test_every_rule_names_field_value_and_allowed(field, value, words):
 def test_every_checked_field_has_a_bad_value_row():
     checked = {f.name for f in fields() if f.metadata["check"] or f.metadata["choices"]}
     assert checked == {row[0] for row in BAD_VALUES}
+
+
+def test_non_finite_floats_are_refused_before_any_schedule_or_data():
+    with pytest.raises(RecipeError) as caught:
+        Recipe(lr=math.inf)
+    assert str(caught.value) == "lr=inf is not allowed: must be a finite number > 0"
+    with pytest.raises(RecipeError) as caught:
+        Recipe(weight_decay=math.nan)
+    assert str(caught.value) == "weight_decay=nan is not allowed: must be a finite number >= 0"
+    with pytest.raises(RecipeError) as caught:
+        Recipe(cutmix_alpha=math.inf)
+    assert caught.value.allowed == "must be a finite number >= 0 (0 = off)"
+
+
+def test_gamma_needs_the_warmup_to_end_before_its_first_decay():
+    with pytest.raises(RecipeError) as caught:
+        Recipe(lr_schedule="gamma", epochs=1, warmup_epochs=0.6)
+    assert str(caught.value) == (
+        "warmup_epochs=0.6 is not allowed: must be < epochs / 2 (0.5) with lr_schedule=gamma "
+        "(its first step decay is at half of training)")
+    assert caught.value.field == "warmup_epochs"
+    with pytest.raises(RecipeError, match=r"^warmup_epochs=5.0 .*< epochs / 2 \(5\)"):
+        Recipe(lr_schedule="gamma", epochs=10, warmup_epochs=5.0)
+    assert Recipe(lr_schedule="gamma", epochs=10, warmup_epochs=4.9).warmup_epochs == 4.9
+    assert Recipe(lr_schedule="cosine", epochs=1, warmup_epochs=0.6).warmup_epochs == 0.6
 
 
 def test_final_weight_decay_defaults_to_twice_the_start():

@@ -193,9 +193,8 @@ def test_weight_decay_schedule_is_logged_per_epoch(tmp_path):
 def test_schedule_that_cannot_fit_the_steps_is_a_recipe_error(tmp_path):
     from tfmagic.recipe import RecipeError
 
-    recipe = Recipe(epochs=1, warmup_epochs=0.6, lr_schedule="gamma",
-                    output_dir=str(tmp_path / "x"), **QUICK)
-    with pytest.raises(RecipeError, match="lr_schedule='gamma'.*milestones"):
+    recipe = Recipe(epochs=1, lr_cycles=1000, output_dir=str(tmp_path / "x"), **QUICK)
+    with pytest.raises(RecipeError, match="lr_schedule='cosine_power_cycles'.*cycles=1000"):
         train(recipe, verbose=0)
     assert not (tmp_path / "x").exists()
 

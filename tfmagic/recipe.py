@@ -7,7 +7,9 @@ flagfiles are written from it, and a checklist trial is
 
 Every field is validated when a Recipe is made, so a bad value fails at once with a
 message that names the field, the value and what is allowed, before any data is read
-or any output directory is created:
+or any output directory is created. Float fields must be finite (inf and nan are refused),
+and fields that depend on each other are checked together (warm-up shorter than training,
+and with `lr_schedule="gamma"` shorter than its first decay at half of training):
 
 >>> Recipe(lr=-1.0)
 Traceback (most recent call last):
@@ -16,6 +18,7 @@ tfmagic.recipe.RecipeError: lr=-1.0 is not allowed: must be > 0
 """
 
 import dataclasses
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -349,6 +352,10 @@ class Recipe:
         if self.warmup_epochs >= self.epochs:
             raise RecipeError("warmup_epochs", self.warmup_epochs,
                               f"must be < epochs ({self.epochs})")
+        if self.lr_schedule == "gamma" and self.warmup_epochs >= self.epochs / 2:
+            raise RecipeError("warmup_epochs", self.warmup_epochs,
+                              f"must be < epochs / 2 ({self.epochs / 2:g}) with lr_schedule=gamma "
+                              "(its first step decay is at half of training)")
         if self.min_lr > self.lr:
             raise RecipeError("min_lr", self.min_lr, f"must be <= lr ({self.lr})")
         self._check_architecture()
@@ -413,11 +420,16 @@ def fields() -> tuple[dataclasses.Field, ...]:
 
 
 def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    """The value as the field's type (an int for a float field becomes a float); a float
+    must be finite, whatever range the field's own check allows."""
     kind = field.type
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise RecipeError(field.name, value, f"must be of type {kind.__name__}")
+    if kind is float and not math.isfinite(value):
+        own_range = field.metadata["allowed"].removeprefix("must be ")
+        raise RecipeError(field.name, value, f"must be a finite number {own_range}".rstrip())
     return value
 
 

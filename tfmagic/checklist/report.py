@@ -11,22 +11,29 @@ The runner leaves in an output directory OUT:
   finished run (a `"diverged"` one counts as failed); `failure.json` (`{"status": "failed" |
   "skipped", "reason": ...}`) one that crashed or was skipped; neither, one still pending.
 
+`read_run` gives each run directory one state: "done", "failed", "skipped", "pending", or
+"unreadable" when its result.json or failure.json is not what train() or the runner writes
+(invalid JSON, not an object, a status other than theirs, a completed result without numeric
+test_accuracy and wall_time_s, ...). An unreadable run is reported with the file and what is
+wrong, counts as a failed seed, and never blocks the rest of the report.
+
 A report can be built at any point, from whatever exists. `write_report` writes, each
 atomically (temporary file, then rename), into OUT:
 
 - `report.md`: the baseline, a table of every trial (what changed, test accuracy mean +-
   sample std over seeds in %, difference from the baseline in points, p-value, verdict,
-  wall time per seed), failed / skipped / pending trials with their reasons, what went into
-  best.cfg, "Do the winners combine?" when confirm trials exist, total time and how to read
-  it all. Verdicts follow `tfmagic.checklist.stats` (Welch's t-test on per-seed test
-  accuracies);
+  wall time per seed), failed / skipped / unreadable / pending trials with their reasons
+  (an unreadable run's with its path), what went into best.cfg, "Do the winners combine?"
+  when confirm trials exist, total time and how to read it all. Verdicts follow
+  `tfmagic.checklist.stats` (Welch's t-test on per-seed test accuracies);
 - `summary.csv`: one row per trial, columns `SUMMARY_COLUMNS`: name, group, description,
-  change (a JSON object), status, seeds_done, seeds_failed (failed, diverged or skipped
-  seeds), seeds_pending, test_accuracy_mean, test_accuracy_std (sample std, ddof=1),
-  best_val_accuracy_mean, test_loss_mean, wall_time_mean_s and wall_time_total_s (over runs
-  with a result.json), params, delta_mean and delta_std (the trial's mean test accuracy minus
-  the baseline's, and its standard error), p_value, verdict, reliable, reasons (joined by
-  " | "). Accuracies and deltas are fractions (0.8512, not 85.12); an empty cell is "not
+  change (a JSON object), status (one of `STATUSES`; "unreadable" when every seed is),
+  seeds_done, seeds_failed (failed, diverged, skipped or unreadable seeds), seeds_pending,
+  test_accuracy_mean, test_accuracy_std (sample std, ddof=1), best_val_accuracy_mean,
+  test_loss_mean, wall_time_mean_s and wall_time_total_s (over runs with a result.json),
+  params, delta_mean and delta_std (the trial's mean test accuracy minus the baseline's,
+  and its standard error), p_value, verdict, reliable, reasons (joined by " | ").
+  Accuracies and deltas are fractions (0.8512, not 85.12); an empty cell is "not
   available";
 - `report.png`: the difference in test accuracy from the baseline per trial, with standard
   error bars, coloured by verdict;
@@ -44,7 +51,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +59,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from tfmagic._checks import check, is_number
+from tfmagic._checks import check, is_int, is_number
 from tfmagic.checklist import stats
 from tfmagic.plots import save_figure
 from tfmagic.recipe import Recipe, RecipeError, write_atomic
@@ -73,7 +80,21 @@ BASELINE = "baseline"
 CONFIRM_GROUP = "confirm"
 CONFIRM_BEST = "confirm_best"
 CONFIRM_WITHOUT = "confirm_without_"
-STATUSES = ("completed", "partial", "pending", "failed", "skipped")
+UNREADABLE = "unreadable"
+STATUSES = ("completed", "partial", "pending", "failed", "skipped", UNREADABLE)
+RESULT_STATUSES = ("completed", "diverged")
+FAILURE_STATUSES = ("failed", "skipped")
+_JSON_TYPES = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+               type(None): "null"}
+# The result.json values the report and the runner read: key -> (check, what it must be).
+# Null is allowed, except for the keys a result of its status needs.
+_RESULT_VALUES = {
+    "test_accuracy": (is_number, "a finite number"),
+    "test_loss": (is_number, "a finite number"),
+    "best_val_accuracy": (is_number, "a finite number"),
+    "wall_time_s": (is_number, "a finite number"),
+    "params": (is_int, "an integer"),
+}
 SUMMARY_COLUMNS = (
     "name", "group", "description", "change", "status", "seeds_done", "seeds_failed",
     "seeds_pending", "test_accuracy_mean", "test_accuracy_std", "best_val_accuracy_mean",
@@ -250,37 +271,100 @@ def _read_plan(out_dir: str) -> _Plan:
     return _Plan(baseline, plan["seeds"], plan["trials"], skipped)
 
 
-def read_run(run_dir: str) -> tuple[str, dict[str, Any] | None, str | None]:
-    """(state, result, reason): state is "done", "failed", "skipped" or "pending"."""
+def read_run(run_dir: str, relative_to: str | None = None
+             ) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(state, result, reason) of one run directory.
+
+    state is "done" (a completed result.json), "failed" (a diverged result.json, or a
+    failure.json that says so), "skipped", "pending" (neither file) or "unreadable" (see the
+    module docstring). result is the parsed result.json of a done or diverged run, else
+    None. reason says why a run is not done; an unreadable run's names the file (relative to
+    ``relative_to`` when given), what is wrong with it and what to do.
+    """
     result_path = os.path.join(run_dir, RESULT_FILE)
     if os.path.isfile(result_path):
-        result = _read_json(result_path)
-        if result.get("status") == "completed" and result.get("test_accuracy") is not None:
-            return "done", result, None
-        if result.get("status") == "diverged":
+        result, problem = _read_record(result_path, _result_problems)
+        if problem is not None:
+            return UNREADABLE, None, (
+                f"{_shown(result_path, relative_to)} is not a result: {problem}; fix it, or "
+                "remove it to train this seed again")
+        if result["status"] == "diverged":
             return "failed", result, "diverged (the loss became NaN or infinite)"
-        return "failed", result, f"result.json has status {result.get('status')!r}"
+        return "done", result, None
     failure_path = os.path.join(run_dir, FAILURE_FILE)
     if os.path.isfile(failure_path):
-        failure = _read_json(failure_path)
-        state = failure.get("status") if isinstance(failure, dict) else None
-        check(state in ("failed", "skipped"), f"{failure_path}: status", state,
-              "must be 'failed' or 'skipped'")
-        return state, None, str(failure.get("reason") or "no reason given")
+        failure, problem = _read_record(failure_path, _failure_problems)
+        if problem is not None:
+            return UNREADABLE, None, (
+                f"{_shown(failure_path, relative_to)} is not a failure record: {problem}; fix "
+                "it, or remove it to try this seed again")
+        return failure["status"], None, str(failure.get("reason") or "no reason given")
     return "pending", None, None
+
+
+def _shown(path: str, relative_to: str | None) -> str:
+    return path if relative_to is None else os.path.relpath(path, relative_to)
+
+
+def _read_record(path: str, problems_of: Callable[[Any], list[str]]
+                 ) -> tuple[Any, str | None]:
+    """The parsed JSON file and what makes it unusable (None when nothing does)."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except OSError as error:
+        return None, f"it cannot be read ({error.strerror})"
+    except ValueError as error:                      # invalid JSON or not UTF-8 text
+        return None, f"it is not valid JSON ({error})"
+    problems = problems_of(value)
+    return value, ", ".join(problems) if problems else None
+
+
+def _object_problems(value: Any, statuses: tuple[str, ...]) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"it holds a JSON {_JSON_TYPES[type(value)]}, not an object"]
+    if "status" not in value:
+        return ["status is missing"]
+    if value["status"] not in statuses:
+        return [f"status={json.dumps(value['status'])} is not "
+                + " or ".join(json.dumps(status) for status in statuses)]
+    return []
+
+
+def _result_problems(result: Any) -> list[str]:
+    """What keeps a parsed result.json from being read as train()'s result."""
+    problems = _object_problems(result, RESULT_STATUSES)
+    if problems:
+        return problems
+    required = ("test_accuracy", "wall_time_s") if result["status"] == "completed" else (
+        "wall_time_s",)
+    for key, (valid, kind) in _RESULT_VALUES.items():
+        if key not in result:
+            if key in required:
+                problems.append(f"{key} is missing")
+        elif (result[key] is not None or key in required) and not valid(result[key]):
+            problems.append(f"{key}={json.dumps(result[key])} is not {kind}")
+    return problems
+
+
+def _failure_problems(failure: Any) -> list[str]:
+    """What keeps a parsed failure.json from being read as the runner's failure record."""
+    return _object_problems(failure, FAILURE_STATUSES)
 
 
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _trial_status(seeds: int, done: int, pending: int, skipped: int) -> str:
+def _trial_status(seeds: int, done: int, pending: int, skipped: int, unreadable: int) -> str:
     if done == seeds:
         return "completed"
     if pending == seeds:
         return "pending"
     if skipped == seeds:
         return "skipped"
+    if unreadable == seeds:
+        return UNREADABLE
     if done == 0 and pending == 0:
         return "failed"
     return "partial"
@@ -290,7 +374,7 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
     states, results, finished, run_dirs, reasons_by_text = [], [], [], [], {}
     for k in range(seeds):
         run_dir = os.path.join(out_dir, TRIALS_DIR, trial["name"], f"seed{k}")
-        state, result, reason = read_run(run_dir)
+        state, result, reason = read_run(run_dir, relative_to=out_dir)
         states.append(state)
         if result is not None:
             results.append(result)
@@ -318,7 +402,8 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
         seeds_done=done,
         seeds_failed=seeds - done - pending,
         seeds_pending=pending,
-        status=_trial_status(seeds, done, pending, states.count("skipped")),
+        status=_trial_status(seeds, done, pending, states.count("skipped"),
+                             states.count(UNREADABLE)),
         reasons=reasons,
         test_accuracies=accuracies,
         test_accuracy_mean=_mean(accuracies),

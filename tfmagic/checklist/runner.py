@@ -17,6 +17,8 @@ again by the next invocation of the same command and continues from its last fin
 (``train`` restores it). A run that crashed, ran out of memory or was killed is marked with a
 ``failure.json`` (``status`` ``failed`` and the reason, or ``skipped`` for pretrained weights
 that cannot be had) and the other runs go on; the next invocation tries failed runs again.
+A run whose ``result.json`` or ``failure.json`` cannot be read (edited by hand, say) is
+reported failed, with the file and what is wrong, and left alone until it is fixed or removed.
 Every run process dies with the runner (``PR_SET_PDEATHSIG`` on Linux), so a killed runner
 leaves no orphan writing into a run directory, and a lock file keeps a second runner out of
 the same ``out_dir``.
@@ -56,6 +58,7 @@ from tfmagic.checklist.trials import (
     SkippedTrial,
     Trial,
     baseline_trial,
+    check_trial,
     checklist_trials,
 )
 from tfmagic.recipe import Recipe, write_atomic
@@ -146,7 +149,8 @@ def plan(
 
     ``trials`` holds checklist trial names and/or custom :class:`Trial` objects; None for
     the whole checklist (with ``extended``, the extended trials too). The baseline always
-    runs.
+    runs. Every trial's recipe is validated here, before anything runs: one the Recipe
+    refuses is skipped with the reason.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds={seeds!r} is not allowed: an integer >= 1")
@@ -159,7 +163,13 @@ def plan(
         if others:
             raise ValueError(f"trials={others!r} is not allowed: trial names or Trial objects")
     made, skipped = checklist_trials(baseline, extended=extended, names=chosen)
-    everything = [baseline_trial(), *made, *custom]
+    for trial in custom:
+        problem = check_trial(trial, baseline)
+        if problem is None:
+            made.append(trial)
+        else:
+            skipped.append(problem)
+    everything = [baseline_trial(), *made]
     names = [trial.name for trial in everything]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -336,7 +346,12 @@ def _exclusive(out: str):
 
 def job_state(job: Job) -> RunOutcome | None:
     """The outcome of a job that needs no (more) running, or None (pending, or failed
-    without a result: those are run again)."""
+    without a result: those are run again).
+
+    A run whose result.json or failure.json cannot be read is failed and not run again (the
+    file is not the runner's to overwrite); its reason names the file and says to fix or
+    remove it.
+    """
     state, result, reason = report_lib.read_run(job.run_dir)
     if state == "done":
         return RunOutcome(job.key, "completed", seconds=result["wall_time_s"])
@@ -344,6 +359,8 @@ def job_state(job: Job) -> RunOutcome | None:
         return RunOutcome(job.key, "failed", reason, result["wall_time_s"])
     if state == "skipped":
         return RunOutcome(job.key, "skipped", reason)
+    if state == report_lib.UNREADABLE:
+        return RunOutcome(job.key, "failed", reason)
     return None
 
 
@@ -531,6 +548,8 @@ class _Progress:
         self.total = total
         for outcome in already:
             self._count(outcome)
+            if outcome.status == "failed":
+                _say(self.stream, f"{outcome.key}: failed, not run again: {outcome.reason}")
         if already:
             _say(self.stream, f"{len(already)} of {total} runs already done; continuing")
         self._line()

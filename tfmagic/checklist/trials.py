@@ -33,8 +33,10 @@ The 15 trials of the article's checklist (``TRIAL_NAMES``), each compared with t
 
 A trial whose change is impossible for the baseline (pretrained weights for a built-in
 backbone, ``se_off`` when the baseline has no SE, a value the baseline already has, a change
-the Recipe refuses) is returned as a :class:`SkippedTrial` with the reason, never silently
-dropped. Custom trials are :class:`Trial` objects made by the caller.
+the Recipe refuses, such as ``lr_gamma`` with a warm-up past half of training) is returned as
+a :class:`SkippedTrial` with the reason, never silently dropped. Every trial's recipe is
+validated here, before anything runs (:func:`check_trial`). Custom trials are :class:`Trial`
+objects made by the caller.
 
 Example:
     >>> from tfmagic.recipe import Recipe
@@ -112,6 +114,18 @@ class SkippedTrial:
 
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "reason": self.reason}
+
+
+def check_trial(trial: Trial, baseline: Recipe) -> SkippedTrial | None:
+    """None when ``trial`` makes a valid recipe from ``baseline``, else the trial as skipped,
+    with the Recipe's reason."""
+    try:
+        trial.recipe(baseline)
+    except RecipeError as error:
+        change = ", ".join(f"{field}={value}" for field, value in trial.change.items())
+        return SkippedTrial(trial.name, f"the change {change} does not fit this baseline: "
+                                        f"{error}")
+    return None
 
 
 def baseline_trial() -> Trial:
@@ -268,13 +282,13 @@ def checklist_trials(
     for name in chosen:
         try:
             group, description, change = _MAKERS[name](baseline)
-            trial = Trial(name, group, description, change)
-            trial.recipe(baseline)
         except _Skip as reason:
             skipped.append(SkippedTrial(name, str(reason)))
             continue
-        except RecipeError as error:
-            skipped.append(SkippedTrial(name, f"the changed recipe is not valid: {error}"))
-            continue
-        trials.append(trial)
+        trial = Trial(name, group, description, change)
+        problem = check_trial(trial, baseline)
+        if problem is None:
+            trials.append(trial)
+        else:
+            skipped.append(problem)
     return trials, skipped
