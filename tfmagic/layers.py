@@ -65,6 +65,7 @@ __all__ = [
     "AuxiliaryHead",
     "DropPath",
     "SqueezeExcite",
+    "SubsampledConv2D",
     "auxiliary_loss_weights",
     "reduced_channels",
     "strip_auxiliary",
@@ -250,6 +251,47 @@ class DropPath(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tfmagic")
+class SubsampledConv2D(keras.layers.Conv2D):
+    """A strided 1x1 `Conv2D` computed as subsampling followed by a stride-1 1x1 convolution.
+
+    A 1x1 kernel with stride s reads only the pixels at rows and columns 0, s, 2s, ..., for
+    "same" and "valid" padding alike, so taking those pixels first and convolving them with
+    stride 1 gives the same output from the same weights: the config, the weights and the
+    output shape are those of the `Conv2D` it stands for. It exists because TensorFlow 2.21's
+    oneDNN kernel for the strided 1x1 convolution aborts the whole process (`free(): invalid
+    size`) when trained on an odd number of images on some CPUs; the stride-1 kernel does not
+    (BUILD_NOTES.md, "Odd batches"). The projection shortcuts of the built-in ResNets use it,
+    and `tfmagic.models.subsample_strided_pointwise` puts it into any functional model.
+
+    Example:
+
+    >>> import numpy as np
+    >>> plain = keras.layers.Conv2D(4, 1, strides=2)
+    >>> x = np.random.default_rng(0).normal(size=(3, 7, 7, 5)).astype("float32")
+    >>> y = plain(x)
+    >>> subsampled = SubsampledConv2D.from_config(plain.get_config())
+    >>> _ = subsampled(x)
+    >>> subsampled.set_weights(plain.get_weights())
+    >>> bool(np.allclose(subsampled(x), y, atol=1e-6)), tuple(y.shape)
+    (True, (3, 4, 4, 4))
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        check(self.kernel_size == (1, 1), "kernel_size", kernel_size, "must be 1 (a 1x1 kernel)")
+        check(self.groups == 1, "groups", self.groups, "must be 1")
+
+    def convolution_op(self, inputs, kernel):
+        rows, columns = self.strides
+        if self.data_format == "channels_first":
+            inputs = inputs[:, :, ::rows, ::columns]
+        else:
+            inputs = inputs[:, ::rows, ::columns, :]
+        return ops.conv(inputs, kernel, strides=1, padding="valid",
+                        data_format=self.data_format)
 
 
 @keras.saving.register_keras_serializable(package="tfmagic")

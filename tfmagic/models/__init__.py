@@ -45,7 +45,12 @@ from tfmagic.models.applications import (
 from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, POOLING_TYPES
 from tfmagic.models.mobilenet import mobilenet_small
 from tfmagic.models.resnet import resnet20, resnet56
-from tfmagic.models.surgery import SurgeryReport, add_squeeze_excite, set_downscaling_activation
+from tfmagic.models.surgery import (
+    SurgeryReport,
+    add_squeeze_excite,
+    set_downscaling_activation,
+    subsample_strided_pointwise,
+)
 
 __all__ = [
     "APPLICATION_NAMES",
@@ -68,6 +73,7 @@ __all__ = [
     "resnet20",
     "resnet56",
     "set_downscaling_activation",
+    "subsample_strided_pointwise",
 ]
 
 MODEL_NAMES = ("resnet20", "resnet56", "mobilenet_small")

@@ -22,6 +22,10 @@ A model name ``"keras:NAME"`` picks ``keras.applications.NAME`` (``"keras:Mobile
   ``downscale_activation`` replaces the activation after each stride-2 convolution
   (``"keep"`` leaves the application's own), ``se=True`` inserts squeeze-and-excitation blocks
   (none where a block already has a gate, as in EfficientNet).
+- **Odd batches**: every strided 1x1 convolution (the projection shortcuts of the ResNets)
+  becomes the equivalent :class:`tfmagic.layers.SubsampledConv2D`, same weights, since
+  TensorFlow's oneDNN kernel for it aborts the process on odd batches on some CPUs
+  (:func:`tfmagic.models.subsample_strided_pointwise`).
 - **Head**: global average pooling (``pooling="avg"``, layer ``avg_pool``) or
   :class:`tfmagic.layers.AttentionPooling` (``pooling="attention"``, layer
   ``attention_pool``), then ``Dense(num_classes, dtype="float32")`` named ``logits``: float32
@@ -46,7 +50,11 @@ import keras
 
 from tfmagic.layers import AttentionPooling
 from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, POOLING_TYPES
-from tfmagic.models.surgery import add_squeeze_excite, set_downscaling_activation
+from tfmagic.models.surgery import (
+    add_squeeze_excite,
+    set_downscaling_activation,
+    subsample_strided_pointwise,
+)
 
 KERAS_PREFIX = "keras:"
 APPLICATION_NAMES = tuple(sorted(name for name in dir(keras.applications) if name[:1].isupper()))
@@ -151,7 +159,7 @@ def build_application(
     if pooling not in POOLING_TYPES:
         raise ValueError(f"pooling={pooling!r} is not allowed: one of {POOLING_TYPES}")
 
-    backbone = _backbone(name, shape, pretrained)
+    backbone, _ = subsample_strided_pointwise(_backbone(name, shape, pretrained))
     if downscale_activation != KEEP_ACTIVATION:
         backbone, _ = set_downscaling_activation(backbone, downscale_activation)
     if se:

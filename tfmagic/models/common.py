@@ -3,7 +3,8 @@
 Every built-in backbone is a Keras functional model made of standard Keras layers
 (``Conv2D``, ``DepthwiseConv2D``, ``BatchNormalization``, ``ReLU``, ``LeakyReLU``,
 ``Activation``, ``Add``, ``GlobalAveragePooling2D``, ``Dense``) and the registered layers of
-:mod:`tfmagic.layers` (``SqueezeExcite``, ``DropPath``, ``AttentionPooling``), so a model saved
+:mod:`tfmagic.layers` (``SqueezeExcite``, ``DropPath``, ``AttentionPooling``,
+``SubsampledConv2D``), so a model saved
 as ``.keras`` reloads with ``safe_mode=True`` and no ``custom_objects`` once ``tfmagic`` is
 imported.
 
@@ -51,7 +52,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfmagic.layers import AttentionPooling, DropPath, SqueezeExcite
+from tfmagic.layers import AttentionPooling, DropPath, SqueezeExcite, SubsampledConv2D
 
 DOWNSCALE_ACTIVATIONS = ("leaky_relu", "relu", "swish")
 POOLING_TYPES = ("avg", "attention")
@@ -141,8 +142,14 @@ def _is_int(value: object) -> bool:
 def conv(
     x: keras.KerasTensor, filters: int, kernel_size: int, strides: int, name: str
 ) -> keras.KerasTensor:
-    """A bias-free, He-normal ``Conv2D`` with "same" padding (a batch norm follows it)."""
-    return keras.layers.Conv2D(
+    """A bias-free, He-normal ``Conv2D`` with "same" padding (a batch norm follows it).
+
+    A strided 1x1 convolution (a projection shortcut) is a
+    :class:`tfmagic.layers.SubsampledConv2D`: the same layer computed without the oneDNN
+    kernel that aborts on odd batches (BUILD_NOTES.md, "Odd batches").
+    """
+    layer = SubsampledConv2D if kernel_size == 1 and strides > 1 else keras.layers.Conv2D
+    return layer(
         filters,
         kernel_size,
         strides=strides,

@@ -100,10 +100,17 @@ import keras
 from keras.src.models.functional import Functional
 
 from tfmagic._checks import check, is_int, is_number
-from tfmagic.layers import DropPath, SqueezeExcite
+from tfmagic.layers import DropPath, SqueezeExcite, SubsampledConv2D
 from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, LEAKY_RELU_SLOPE
 
-__all__ = ["Change", "Skip", "SurgeryReport", "add_squeeze_excite", "set_downscaling_activation"]
+__all__ = [
+    "Change",
+    "Skip",
+    "SurgeryReport",
+    "add_squeeze_excite",
+    "set_downscaling_activation",
+    "subsample_strided_pointwise",
+]
 
 _ACTIVATION_ALIASES = {"silu": "swish"}
 _CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
@@ -138,7 +145,7 @@ _FUSED_EQUIVALENT = {"relu": "relu", "swish": "silu"}
 class Change:
     """One change: ``layer`` (name in the new model) was ``action`` next to ``anchor``.
 
-    ``action`` is ``"replaced"`` (an activation layer swapped, same name), ``"split"`` (the
+    ``action`` is ``"replaced"`` (a layer swapped, same name), ``"split"`` (the
     activation fused into ``anchor`` moved to the new layer ``layer``) or ``"inserted"`` (a new
     layer after ``anchor``). ``before`` and ``after`` describe the layer before and after the
     change (``before`` is empty for an insertion).
@@ -158,6 +165,8 @@ class Change:
                 f"split {self.layer}: {self.before} -> activation=None + {self.after} "
                 f"(strided {self.anchor})"
             )
+        if self.anchor == self.layer:
+            return f"replaced {self.layer}: {self.before} -> {self.after}"
         return f"replaced {self.layer}: {self.before} -> {self.after} (after strided {self.anchor})"
 
 
@@ -248,6 +257,48 @@ def set_downscaling_activation(
         return _plan_downscaling(graph, path, activation)
 
     return _surgery("set_downscaling_activation", model, planner)
+
+
+def subsample_strided_pointwise(model: keras.Model) -> tuple[keras.Model, SurgeryReport]:
+    """Replaces every strided 1x1 ``Conv2D`` by the equivalent ``SubsampledConv2D``.
+
+    The new layer has the same name, config and weights, and computes the same output
+    (:class:`tfmagic.layers.SubsampledConv2D`) without TensorFlow's oneDNN kernel that aborts
+    the process on odd batches (BUILD_NOTES.md, "Odd batches"). ``keras.applications`` ResNets
+    have them in every projection shortcut (and ResNet50's first bottleneck convolution of a
+    stage); ``build_application`` rewrites every ``keras:`` model this way.
+
+    Args:
+        model: a functional or Sequential ``keras.Model``; it is not modified.
+
+    Returns:
+        ``(new_model, report)``: one ``"replaced"`` change per convolution.
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((32, 32, 8))
+        >>> x = keras.layers.Conv2D(16, 1, strides=2, name="shortcut")(inputs)
+        >>> model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+        >>> new_model, report = subsample_strided_pointwise(model)
+        >>> print(report.changes[0])
+        replaced shortcut: Conv2D(1x1, strides=(2, 2)) -> SubsampledConv2D
+    """
+    _check_model(model)
+    return _surgery("subsample_strided_pointwise", model, _plan_subsampling)
+
+
+def _plan_subsampling(graph: _Graph, path: str) -> _Plan:
+    plan = _Plan()
+    for node in graph.nodes:
+        conv = node.operation
+        if (type(conv) is not keras.layers.Conv2D or id(conv) in plan.reclass
+                or conv.kernel_size != (1, 1) or conv.strides == (1, 1) or conv.groups != 1):
+            continue
+        plan.reclass[id(conv)] = SubsampledConv2D
+        plan.changes.append(Change(
+            layer=path + conv.name, action="replaced", anchor=path + conv.name,
+            before=f"Conv2D(1x1, strides={conv.strides})", after="SubsampledConv2D"))
+    return plan
 
 
 def add_squeeze_excite(
@@ -412,6 +463,7 @@ class _Plan:
     """The edits of one graph, keyed by ``id`` of the original layer."""
 
     replace: dict[int, keras.layers.Layer] = dataclasses.field(default_factory=dict)
+    reclass: dict[int, type] = dataclasses.field(default_factory=dict)
     strip_activation: set[int] = dataclasses.field(default_factory=set)
     after: dict[int, keras.layers.Layer] = dataclasses.field(default_factory=dict)
     changes: list[Change] = dataclasses.field(default_factory=list)
@@ -492,7 +544,7 @@ def _rewrite(
             config = layer.get_config()
             if id(layer) in plan.strip_activation:
                 config["activation"] = None
-            new = layer.__class__.from_config(config)
+            new = plan.reclass.get(id(layer), layer.__class__).from_config(config)
             pending_weights.add(id(new))
         source[id(new)] = layer
         return new
