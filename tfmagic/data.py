@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib
+import math
 import numbers
 import os
 import re
@@ -93,7 +94,11 @@ class DataError(ValueError):
 class DataSplits:
     """The batched pipelines of one dataset and what a model needs to know about them.
 
-    ``train`` is shuffled (reshuffled every epoch) and augmented and does not repeat;
+    ``train`` is shuffled (reshuffled every epoch) and augmented and does not repeat: its i-th
+    iteration has the order of epoch i. ``train_from_epoch(k)`` is the endless stream of
+    training batches from epoch k on, for ``model.fit(..., steps_per_epoch=ceil(train_size /
+    batch_size), initial_epoch=k)``: each epoch in the same order as when training started at
+    epoch 0, which is how a resumed run sees the data an uninterrupted run would have seen.
     ``validation`` (None when no data is held out) and ``test`` are in a fixed order.
     Images are float32, normalized per channel with ``mean`` / ``std`` (0..255 scale,
     computed on the training split); labels are int32 (float32 one-hot with ``one_hot=True``)
@@ -101,6 +106,7 @@ class DataSplits:
     """
 
     train: tf.data.Dataset
+    train_from_epoch: Callable[[int], tf.data.Dataset]
     validation: tf.data.Dataset | None
     test: tf.data.Dataset
     num_classes: int
@@ -587,14 +593,24 @@ def _pipeline(
     eval_transform: Callable | None,
     one_hot: int | None,
     preprocess: Callable | None,
-) -> tf.data.Dataset:
+) -> Callable[[int | None], tf.data.Dataset]:
+    """``batches(first_epoch)``: the split's batches, images gathered by index from memory.
+
+    For training the order of the indices is the epoch's: a seeded shuffle drawn anew for every
+    epoch. ``batches(None)`` is one epoch, reshuffled at every iteration (iteration i has epoch
+    i's order); ``batches(k)`` is an endless stream of epochs from epoch k on, each with the
+    same order as in a stream from epoch 0 (the shuffles of the epochs before k are drawn and
+    skipped, over indices only). Evaluation splits are in file order.
+    """
     mean_t = tf.constant(mean, dtype=tf.float32)
     std_t = tf.constant(std, dtype=tf.float32)
     resize = tuple(images.shape[1:3]) != size
     tile = images.shape[-1] != channels
+    images_t, labels_t = tf.constant(images), tf.constant(labels)
 
-    def prepare(x, y):
-        x = tf.cast(x, tf.float32)
+    def prepare(indices):
+        x = tf.cast(tf.gather(images_t, indices), tf.float32)
+        y = tf.gather(labels_t, indices)
         if tile:
             x = tf.tile(x, [1, 1, 1, channels])
         if resize:
@@ -610,14 +626,21 @@ def _pipeline(
             return tf.cast(preprocess(x), tf.float32), y
         return (x - mean_t) / std_t, y
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-    if train:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=False)
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
-    options.deterministic = True
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+    steps = math.ceil(len(labels) / batch_size)
+
+    def batches(first_epoch: int | None = None) -> tf.data.Dataset:
+        # A new shuffle each call: its sequence of epoch orders starts again from the seed.
+        order = tf.data.Dataset.range(len(labels))
+        if train:
+            order = order.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        order = order.batch(batch_size, drop_remainder=False)
+        indices = order if first_epoch is None else order.repeat().skip(first_epoch * steps)
+        dataset = indices.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        options = tf.data.Options()
+        options.deterministic = True
+        return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+    return batches
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -814,10 +837,11 @@ def load(
     if x_val is not None:
         validation = _pipeline(
             x_val, y_val, batch_size=eval_batch, train=False, augment=None, **common
-        )
-    test = _pipeline(x_test, y_test, batch_size=eval_batch, train=False, augment=None, **common)
+        )()
+    test = _pipeline(x_test, y_test, batch_size=eval_batch, train=False, augment=None, **common)()
     return DataSplits(
-        train=train,
+        train=train(),
+        train_from_epoch=train,
         validation=validation,
         test=test,
         num_classes=num_classes,
