@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -242,12 +243,21 @@ def test_collect_counts_seeds_and_states(checklist):
     assert summaries["adam"].wall_time_total_s == pytest.approx(30.0 + 110.0 + 120.0)
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_report_files(checklist):
     out, baseline = checklist
     report = write_report(out, total_time_s=3660.0)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["plan.json", "baseline.cfg", "trials", "report.md", "summary.csv", "report.png",
          "curves.png", "best.cfg"])                      # no temporary files left behind
+    ordinary = 0o666 & ~_umask()
+    for path in report.paths:                            # the mode an ordinary new file gets
+        assert os.stat(path).st_mode & 0o777 == ordinary, path
     markdown = (out / "report.md").read_text()
     by_name = {name: outcomes for name, _, _, outcomes in TRIALS}
 

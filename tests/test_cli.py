@@ -30,9 +30,11 @@ def _run_in_process(argv, capsys):
 
 
 def _run_binary(*argv, cwd):
+    """The binary as a user runs it: TensorFlow's log level is not set."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(
         [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]), *argv],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        cwd=cwd, capture_output=True, text=True, timeout=600, env=env,
     )
 
 
@@ -70,6 +72,11 @@ def test_binary_trains_then_refuses_a_finished_run(tmp_path):
     )
     first = _run_binary(f"--flagfile={flagfile}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    for noise in ("I0000", "E0000", "W0000", "cuInit", "absl::InitializeLog"):
+        assert noise not in first.stderr + first.stdout, noise
+    devices = first.stdout.splitlines()[0]
+    assert devices.startswith("tfmagic: resnet20 on fashion_mnist, "), devices
+    assert ("CPU only" in devices) != ("GPU" in devices), devices
     summary = first.stdout.strip().splitlines()[-1]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert f"test accuracy {result['test_accuracy']:.4f}" in summary
@@ -134,3 +141,26 @@ def test_binary_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path):
     assert result["epochs_run"] == 4
     epochs = [line.split(",")[0] for line in history.read_text().splitlines()[1:]]
     assert epochs == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("output_dir,words", [
+    ("/proc/tfmagic-run", "its parent /proc cannot be written to"),
+    ("cfg/run", "lies under"),
+])
+def test_binary_unwritable_output_dir_exits_2_naming_it(output_dir, words, tmp_path):
+    (tmp_path / "cfg").write_text("a file where a directory would go")
+    proc = _run_binary(f"--output_dir={output_dir}", "--train_subset=300", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"tfmagic-train: output_dir='{output_dir}' cannot be used: " in proc.stderr
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg"]
+
+
+def test_binary_hand_edited_recipe_file_exits_2_naming_it(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.cfg").write_text("--epochs=3\n--bogus_flag=1\n")
+    proc = _run_binary("--output_dir=run", "--train_subset=300", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "run/recipe.cfg" in proc.stderr and "bogus_flag" in proc.stderr
+    assert "Traceback" not in proc.stderr

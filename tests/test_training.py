@@ -268,3 +268,97 @@ def test_tensorboard_holds_hparams_and_final_metrics(finished_run):
     assert start.hparams["model"].string_value == recipe.model
     assert start.hparams["se"].bool_value is True
     assert "output_dir" not in start.hparams
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_every_run_file_has_the_mode_of_an_ordinary_file(finished_run):
+    _, _, out = finished_run
+    ordinary = 0o666 & ~_umask()
+    for name in ("result.json", "recipe.cfg", "history.csv", "model.keras", "schedules.png"):
+        assert os.stat(out / name).st_mode & 0o777 == ordinary, name
+
+
+def _broken_fashion_mnist(directory):
+    """A Fashion-MNIST directory whose training labels are cut short."""
+    import gzip
+
+    source = "/usr/share/datasets/fashion-mnist"
+    os.makedirs(directory)
+    for name in os.listdir(source):
+        os.symlink(os.path.join(source, name), directory / name)
+    os.remove(directory / "train-labels-idx1-ubyte.gz")
+    with gzip.open(directory / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01\x00\x00\xea\x60" + bytes(100))
+    return directory.parent
+
+
+def _stamps(out):
+    return {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_finished(finished_run, tmp_path,
+                                                                     monkeypatch):
+    recipe, result, out = finished_run
+    before = _stamps(out)
+    monkeypatch.setenv("TFMAGIC_DATA_DIR", str(_broken_fashion_mnist(tmp_path / "fashion-mnist")))
+    with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.gz"):
+        train(recipe, overwrite=True, verbose=0)
+    assert _stamps(out) == before
+    monkeypatch.delenv("TFMAGIC_DATA_DIR")
+
+    with pytest.raises(_Crash):          # fails mid-training: the old run is put back whole
+        train(recipe, overwrite=True, verbose=0, callbacks=[_CrashAfterEpoch(0)])
+    assert _stamps(out) == before
+    assert not (out / ".replaced").exists()
+    assert json.loads((out / "result.json").read_text())["test_accuracy"] == pytest.approx(
+        result.test_accuracy)
+
+
+def test_unwritable_output_dir_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    from tfmagic.training import OutputDirError
+
+    monkeypatch.setenv("TFMAGIC_DATA_DIR", str(_broken_fashion_mnist(tmp_path / "fashion-mnist")))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    for out, words in [(a_file / "run", f"lies under {a_file}, which is a file"),
+                       (a_file, "is a file, not a directory"),
+                       ("/proc/tfmagic-run", "its parent /proc cannot be written to")]:
+        with pytest.raises(OutputDirError, match=f"output_dir='{out}' cannot be used: .*{words}"):
+            train(Recipe(output_dir=str(out), **QUICK), verbose=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "fashion-mnist"]
+
+
+def test_hand_edited_recipe_file_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.cfg").write_text("--epochs=3\n--bogus_flag=1\n")
+    with pytest.raises(RunExistsError, match=f"{out / 'recipe.cfg'}.*bogus_flag"):
+        train(Recipe(output_dir=str(out), **QUICK), verbose=0)
+    (out / "recipe.cfg").write_text("--epochs=zero\n")
+    with pytest.raises(RunExistsError, match=f"fix or remove {out / 'recipe.cfg'}"):
+        train(Recipe(output_dir=str(out), **QUICK), verbose=0)
+
+
+def test_a_resumed_run_sees_the_epochs_an_uninterrupted_run_sees():
+    splits = data.load("fashion_mnist", batch_size=100, train_subset=500, seed=5,
+                       validation_fraction=0.0)
+
+    def labels(dataset, batches):
+        return [y.numpy().tolist() for _, y in dataset.take(batches)]
+
+    uninterrupted = [labels(splits.train, 5) for _ in range(3)]     # model.fit's three epochs
+    assert uninterrupted[0] != uninterrupted[1] != uninterrupted[2]
+    stream = labels(splits.train_from_epoch(0), 15)
+    assert [stream[i * 5:(i + 1) * 5] for i in range(3)] == uninterrupted
+    for epoch in (1, 2):                                   # what a run resumed at `epoch` sees
+        resumed = labels(splits.train_from_epoch(epoch), 5 * (3 - epoch))
+        assert resumed == [b for e in uninterrupted[epoch:] for b in e]
+        fresh = data.load("fashion_mnist", batch_size=100, train_subset=500, seed=5,
+                          validation_fraction=0.0)        # a new process: nothing drawn yet
+        assert labels(fresh.train_from_epoch(epoch), 5) == uninterrupted[epoch]
+        assert labels(fresh.train, 5) != uninterrupted[epoch]

@@ -5,6 +5,7 @@ augmentation layers), so a model saved with them reloads with `keras.saving.load
 after `import tfmagic`, with no `custom_objects`.
 """
 
+from tfmagic import _quiet_start  # noqa: F401, I001  (first: binaries load TensorFlow quietly)
 from tfmagic import augment, layers, losses, optimizers, schedules
 
 __version__ = "0.1.0"

@@ -81,6 +81,21 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
+def describe_devices(strategy: tf.distribute.Strategy) -> str:
+    """One line on what a run computes on: the GPUs (by name) or the CPU cores, and the
+    replicas of the strategy."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = sorted({tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+                        for gpu in gpus})
+        devices = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(names)})"
+    else:
+        devices = f"CPU only ({len(os.sched_getaffinity(0))} cores)"
+    replicas = strategy.num_replicas_in_sync
+    return (f"{devices}, {replicas} replica{'s' if replicas > 1 else ''} "
+            f"({type(strategy).__name__})")
+
+
 def task() -> tuple[str | None, int]:
     """This process's ``(task type, index)`` from ``TF_CONFIG``; ``(None, 0)`` without one."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")

@@ -7,16 +7,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tfmagic import data
+from tfmagic._atomic import atomic_path
 from tfmagic.recipe import Recipe
 
 
 def save_figure(figure: Figure, path: str | os.PathLike) -> None:
-    """Save a figure as PNG atomically (temporary file, then rename), creating its directory."""
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    partial = os.path.join(directory, ".partial-" + name)
-    figure.savefig(partial, format="png", dpi=110)
-    os.replace(partial, path)
+    """Save a figure as PNG atomically (`tfmagic._atomic`), creating its directory."""
+    with atomic_path(path) as partial:
+        figure.savefig(partial, format="png", dpi=110)
 
 
 def plot_schedules(recipe: Recipe, path: str | os.PathLike,

@@ -20,13 +20,13 @@ tfmagic.recipe.RecipeError: lr=-1.0 is not allowed: must be > 0
 import dataclasses
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from absl import flags
 
 from tfmagic import data, distribute, losses, models, optimizers, schedules
+from tfmagic._atomic import write_atomic
 
 LR_SCHEDULES = ("cosine_power_cycles", "cosine", "gamma")
 AUGMENTS = ("autoaugment", "color", "none")
@@ -41,6 +41,10 @@ class RecipeError(ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+
+
+class FlagfileError(ValueError):
+    """A flagfile holds a line that is not a Recipe flag, or a value that does not parse."""
 
 
 def _knob(
@@ -405,13 +409,26 @@ class Recipe:
 
     @classmethod
     def from_flagfile(cls, path: str | os.PathLike) -> "Recipe":
-        """Read a flagfile written by `to_flagfile` (or by hand) into a Recipe."""
+        """Read a flagfile written by `to_flagfile` (or by hand) into a Recipe.
+
+        Raises:
+            FileNotFoundError: there is no such file.
+            FlagfileError: a line is not a Recipe flag or its value does not parse.
+            RecipeError: a value the Recipe refuses; both errors name the file.
+        """
+        path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"flagfile {os.fspath(path)!r} does not exist")
+            raise FileNotFoundError(f"flagfile {path!r} does not exist")
         values = flags.FlagValues()
         define_flags(values)
-        values(["recipe", f"--flagfile={os.fspath(path)}"])
-        return from_flags(values)
+        try:
+            values(["recipe", f"--flagfile={path}"])
+            return from_flags(values)
+        except flags.Error as error:
+            raise FlagfileError(f"flagfile {path} cannot be read: {error}") from None
+        except RecipeError as error:
+            raise RecipeError(error.field, error.value,
+                              f"{error.allowed} (in flagfile {path})") from None
 
 
 def fields() -> tuple[dataclasses.Field, ...]:
@@ -461,19 +478,3 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Recipe:
     """The Recipe that parsed flags describe (raises RecipeError for a bad value)."""
     return Recipe(**{field.name: flag_values[field.name].value for field in fields()})
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write text to path through a temporary file in the same directory and a rename."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

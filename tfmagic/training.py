@@ -41,11 +41,12 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 import tfmagic
 from tfmagic import data, distribute, models, plots
+from tfmagic._atomic import atomic_path, writable_problem, write_atomic
 from tfmagic.augment import pipeline as augmentation
 from tfmagic.layers import auxiliary_loss_weights, strip_auxiliary
 from tfmagic.losses import LabelSmoothingCrossEntropy
 from tfmagic.optimizers import build_optimizer
-from tfmagic.recipe import Recipe, RecipeError, write_atomic
+from tfmagic.recipe import FlagfileError, Recipe, RecipeError
 from tfmagic.schedules import (
     CosineAnnealing,
     CosinePowerAnnealing,
@@ -60,11 +61,17 @@ RECIPE_FILE = "recipe.cfg"
 SCHEDULES_PLOT = "schedules.png"
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tensorboard"
+REPLACED_DIR = ".replaced"
+# The result first: a directory without it is never taken for a finished run.
 _RUN_FILES = (RESULT_FILE, HISTORY_FILE, MODEL_FILE, RECIPE_FILE, SCHEDULES_PLOT, BACKUP_DIR,
               TENSORBOARD_DIR)
 
 
-class RunExistsError(RuntimeError):
+class OutputDirError(RuntimeError):
+    """The output directory cannot receive this run (not writable, or holds another run)."""
+
+
+class RunExistsError(OutputDirError):
     """The output directory holds a run that this call must not continue or replace."""
 
 
@@ -183,7 +190,10 @@ def train(
     Args:
         recipe: the configuration of the run.
         overwrite: replace a finished run (or an unfinished run of another recipe) in
-            `output_dir` instead of refusing.
+            `output_dir` instead of refusing. The old run is moved to
+            `output_dir/.replaced/` once the new one has loaded its data and built its
+            model, put back if the new one fails with an exception, and deleted when the new
+            one has written its result (after a `kill -9` it is still there).
         verbose: Keras' verbosity: 1 a progress bar per epoch, 2 a line per epoch, 0
             silent; "auto" is 1 on a terminal and 2 otherwise.
         callbacks: extra Keras callbacks, run after tfmagic's own.
@@ -192,8 +202,10 @@ def train(
         The TrainResult that was also written to `output_dir/result.json`.
 
     Raises:
+        OutputDirError: `output_dir` cannot be created or written to (checked before
+            anything is loaded).
         RunExistsError: `output_dir` holds a finished run, or an unfinished run of a
-            different recipe, and `overwrite` is False.
+            different recipe (or a recipe.cfg that cannot be read), and `overwrite` is False.
         RecipeError, data.DataError: the recipe does not fit the data.
 
     Example:
@@ -204,19 +216,23 @@ def train(
     """
     started = time.perf_counter()
     chief = distribute.is_chief()
-    if chief:
-        _check_output_dir(recipe, overwrite)
+    replace = _check_output_dir(recipe, overwrite) if chief else False
+    verbosity = _verbosity(verbose)
     strategy = distribute.make_strategy(recipe.strategy)
+    if verbosity:
+        print(f"tfmagic: {recipe.model} on {recipe.dataset}, "
+              f"{distribute.describe_devices(strategy)}", flush=True)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(recipe.precision)
     try:
-        return _train(recipe, strategy, chief, started, verbose, callbacks)
+        return _train(recipe, strategy, chief, replace, started, verbosity, callbacks)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, started: float,
-           verbose: int | str, callbacks: list[keras.callbacks.Callback] | None) -> TrainResult:
+def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, replace: bool,
+           started: float, verbose: int,
+           callbacks: list[keras.callbacks.Callback] | None) -> TrainResult:
     keras.utils.set_random_seed(recipe.seed)
     splits = _load_data(recipe)
     num_classes = recipe.num_classes or splits.num_classes
@@ -252,12 +268,6 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
             steps_per_execution=recipe.steps_per_execution,
             **_loss_and_metrics(recipe, model),
         )
-    auxiliary = recipe.aux_loss_weight > 0
-    train_data, validation_data = splits.train, splits.validation
-    if auxiliary:
-        train_data = train_data.map(_duplicate_labels)
-        validation_data = validation_data and validation_data.map(_duplicate_labels)
-
     # Only the chief writes the run's files; another worker of a multi-worker run keeps its
     # history and checkpoints in a folder of its own under backup/, which the chief removes
     # with the rest of backup/ when the run is finished.
@@ -266,11 +276,42 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
     else:
         kind, index = distribute.task()
         out = os.path.join(recipe.output_dir, BACKUP_DIR, f"{kind}-{index}")
+    if replace:
+        _set_aside(out)
+    try:
+        if chief:
+            os.makedirs(out, exist_ok=True)
+            recipe.to_flagfile(os.path.join(out, RECIPE_FILE))
+            plots.draw_schedules(recipe, lr_schedule, wd_schedule, steps_per_epoch,
+                                 os.path.join(out, SCHEDULES_PLOT))
+        result = _fit_and_evaluate(recipe, model, splits, strategy, chief, out, started,
+                                   verbose, callbacks)
+    except BaseException:
+        if replace:
+            _put_back(out)
+        raise
+    if replace:
+        shutil.rmtree(os.path.join(out, REPLACED_DIR), ignore_errors=True)
+    return result
+
+
+def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplits,
+                      strategy: tf.distribute.Strategy, chief: bool, out: str, started: float,
+                      verbose: int,
+                      callbacks: list[keras.callbacks.Callback] | None) -> TrainResult:
+    """Train from the last finished epoch in `out`, evaluate, and write the result there.
+
+    The training batches of epoch k come in the order an uninterrupted run sees them
+    (`DataSplits.train_from_epoch`), so a resumed run continues as if it had never stopped.
+    """
+    auxiliary = recipe.aux_loss_weight > 0
     os.makedirs(out, exist_ok=True)
-    if chief:
-        recipe.to_flagfile(os.path.join(out, RECIPE_FILE))
-        plots.draw_schedules(recipe, lr_schedule, wd_schedule, steps_per_epoch,
-                             os.path.join(out, SCHEDULES_PLOT))
+    backup = _AtomicBackup(os.path.join(out, BACKUP_DIR))
+    first_epoch = backup.resume_epoch(strategy)
+    train_data, validation_data = splits.train_from_epoch(first_epoch), splits.validation
+    if auxiliary:
+        train_data = train_data.map(_duplicate_labels)
+        validation_data = validation_data and validation_data.map(_duplicate_labels)
     _drop_partial_line(os.path.join(out, HISTORY_FILE))
     clock = _EpochClock(splits.train_size)
     watch = _DivergenceWatch()
@@ -279,8 +320,9 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
             distribute.shard_by_example(train_data, strategy),
             validation_data=distribute.shard_by_example(validation_data, strategy),
             epochs=recipe.epochs,
+            steps_per_epoch=steps_in_epoch(recipe, splits.train_size),
             shuffle=False,
-            verbose=_verbosity(verbose),
+            verbose=verbose,
             callbacks=[
                 watch,
                 *([_MainOutputLogs()] if auxiliary else []),
@@ -294,7 +336,7 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
                 # Last of tfmagic's own: an epoch is checkpointed only after its row is logged, so
                 # a kill in between repeats the epoch (and _tidy_history keeps one row) instead of
                 # losing the row.
-                _async_safe(_AtomicBackup(os.path.join(out, BACKUP_DIR))),
+                _async_safe(backup),
                 *(callbacks or []),
             ],
         )
@@ -306,7 +348,8 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, starte
         model = strip_auxiliary(model)
     if not watch.diverged:
         if chief:
-            _save_model_atomic(model, os.path.join(out, MODEL_FILE))
+            with atomic_path(os.path.join(out, MODEL_FILE)) as partial:
+                model.save(partial)
         if auxiliary:
             model.compile(**_loss_and_metrics(recipe, model))
         with distribute.multi_worker_fit(model):
@@ -468,41 +511,76 @@ def _verbosity(verbose: int | str) -> int:
     return verbose
 
 
-def _check_output_dir(recipe: Recipe, overwrite: bool) -> None:
-    """Refuse to clobber a run; clear it when `overwrite`; otherwise allow a resume."""
+def _check_output_dir(recipe: Recipe, overwrite: bool) -> bool:
+    """Refuse an output directory that cannot be written, or one whose run this call must
+    not touch; allow a resume. Returns whether a run there is to be replaced (`overwrite`)."""
     out = recipe.output_dir
+    problem = writable_problem(out)
+    if problem:
+        raise OutputDirError(f"output_dir={out!r} cannot be used: {problem}")
     if not os.path.isdir(out):
-        if os.path.exists(out):
-            raise RunExistsError(f"output_dir={out!r} exists and is not a directory")
-        return
+        return False
     conflict = None
+    recipe_file = os.path.join(out, RECIPE_FILE)
     if os.path.exists(os.path.join(out, RESULT_FILE)):
         conflict = f"output_dir={out!r} holds a finished run ({RESULT_FILE})"
-    elif os.path.exists(os.path.join(out, RECIPE_FILE)):
-        previous = Recipe.from_flagfile(os.path.join(out, RECIPE_FILE))
-        changed = [
-            f.name
-            for f in dataclasses.fields(Recipe)
-            if f.name != "output_dir" and getattr(previous, f.name) != getattr(recipe, f.name)
-        ]
-        if changed:
-            conflict = (
-                f"output_dir={out!r} holds an unfinished run of a different recipe "
-                f"(changed: {', '.join(changed)})"
-            )
+    elif os.path.exists(recipe_file):
+        try:
+            previous = Recipe.from_flagfile(recipe_file)
+        except (FlagfileError, RecipeError) as error:
+            conflict = (f"output_dir={out!r} holds an unfinished run whose {RECIPE_FILE} cannot "
+                        f"be read ({error}); fix or remove {recipe_file}")
+        else:
+            changed = [
+                f.name
+                for f in dataclasses.fields(Recipe)
+                if f.name != "output_dir" and getattr(previous, f.name) != getattr(recipe, f.name)
+            ]
+            if changed:
+                conflict = (
+                    f"output_dir={out!r} holds an unfinished run of a different recipe "
+                    f"(changed: {', '.join(changed)})"
+                )
     if conflict is None:
-        return
+        return False
     if not overwrite:
         raise RunExistsError(
             f"{conflict}; pass overwrite=True (--overwrite) to replace it, "
             "or choose another output_dir"
         )
+    return True
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _set_aside(out: str) -> None:
+    """Move the run in `out` to `out/.replaced/` (result first), to be deleted once the new
+    run has finished. A run already set aside by an interrupted replacement is the one kept:
+    the unfinished run in `out` is then removed."""
+    aside = os.path.join(out, REPLACED_DIR)
+    earlier = os.path.isdir(aside)
+    os.makedirs(aside, exist_ok=True)
     for name in _RUN_FILES:
         path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+        if earlier:
+            _remove(path)
+        elif os.path.lexists(path):
+            os.replace(path, os.path.join(aside, name))
+
+
+def _put_back(out: str) -> None:
+    """Undo `_set_aside` after the new run failed: its files go, the old run comes back."""
+    aside = os.path.join(out, REPLACED_DIR)
+    for name in reversed(_RUN_FILES):
+        _remove(os.path.join(out, name))
+        if os.path.lexists(os.path.join(aside, name)):
+            os.replace(os.path.join(aside, name), os.path.join(out, name))
+    os.rmdir(aside)
 
 
 class _AtomicBackup(keras.callbacks.BackupAndRestore):
@@ -523,6 +601,7 @@ class _AtomicBackup(keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir: str):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        self._resume_epoch: int | None = None
 
     def _saved(self) -> dict[int, str]:
         """Epoch number -> weight file of the checkpoints this worker holds."""
@@ -549,10 +628,17 @@ class _AtomicBackup(keras.callbacks.BackupAndRestore):
             if name.endswith(".weights.h5") and name not in kept:
                 os.remove(os.path.join(self.backup_dir, name))
 
+    def resume_epoch(self, strategy: tf.distribute.Strategy) -> int:
+        """The epoch the run continues from (0: from scratch), agreed by every worker; its
+        checkpoint is restored when training begins. Every worker must call it."""
+        if self._resume_epoch is None:
+            self._resume_epoch = distribute.agree_on_epoch(strategy, max(self._saved(), default=0))
+        return self._resume_epoch
+
     def _load_model(self):
         saved = self._saved()
         mine = max(saved, default=0)
-        epoch = distribute.agree_on_epoch(self.model.distribute_strategy, mine)
+        epoch = self.resume_epoch(self.model.distribute_strategy)
         if epoch == 0:
             return
         if epoch not in saved:
@@ -588,9 +674,3 @@ def _tidy_history(path: str) -> list[dict[str, float]]:
     lines = [",".join(columns)] + [",".join(row[c] for c in columns) for row in ordered]
     write_atomic(path, "\n".join(lines) + "\n")
     return [{c: float(row[c]) for c in columns if row[c] not in ("", "NA")} for row in ordered]
-
-
-def _save_model_atomic(model: keras.Model, path: str) -> None:
-    partial = os.path.join(os.path.dirname(path), ".partial-" + os.path.basename(path))
-    model.save(partial)
-    os.replace(partial, path)

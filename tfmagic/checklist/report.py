@@ -59,10 +59,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from tfmagic._atomic import write_atomic
 from tfmagic._checks import check, is_int, is_number
 from tfmagic.checklist import stats
 from tfmagic.plots import save_figure
-from tfmagic.recipe import Recipe, RecipeError, write_atomic
+from tfmagic.recipe import Recipe, RecipeError
 from tfmagic.training import HISTORY_FILE, RESULT_FILE
 
 PLAN_FILE = "plan.json"

@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
+from tfmagic._atomic import writable_problem, write_atomic
 from tfmagic.checklist import report as report_lib
 from tfmagic.checklist.report import (
     BASELINE_CFG,
@@ -61,7 +62,7 @@ from tfmagic.checklist.trials import (
     check_trial,
     checklist_trials,
 )
-from tfmagic.recipe import Recipe, write_atomic
+from tfmagic.recipe import Recipe
 
 RUNNERS = ("local", "ray")
 LOCK_FILE = ".lock"
@@ -242,8 +243,10 @@ def run(
     started = time.perf_counter()
     jobs, skipped = plan(baseline, out_dir, seeds=seeds, trials=trials, extended=extended)
     execute = _executor(runner, workers, ray_address, gpus_per_trial)
-    out = os.path.abspath(out_dir)
-    os.makedirs(out, exist_ok=True)
+    out = _make_out_dir(out_dir)
+    if runner == "local":
+        _say(progress, f"{len(jobs)} runs, {workers} at a time, "
+                       f"{_slots_text(_slots(workers, gpus_per_trial))}")
     with _exclusive(out):
         _write_plan(out, baseline, seeds, jobs, skipped)
         outcomes = execute(jobs, _Progress(progress, workers))
@@ -268,13 +271,22 @@ def commands(jobs: Sequence[Job]) -> list[str]:
 def write_commands(baseline: Recipe, out_dir: str, jobs: Sequence[Job],
                    skipped: Sequence[SkippedTrial], seeds: int) -> None:
     """Write plan.json, baseline.cfg and the jobs' flagfiles, without running anything."""
-    out = os.path.abspath(out_dir)
-    os.makedirs(out, exist_ok=True)
+    out = _make_out_dir(out_dir)
     with _exclusive(out):
         _write_plan(out, baseline, seeds, list(jobs), list(skipped))
 
 
 # ---------------------------------------------------------------------------------- planning
+
+
+def _make_out_dir(out_dir: str) -> str:
+    """The checklist directory, created; a ChecklistError naming it when it cannot be."""
+    problem = writable_problem(out_dir)
+    if problem:
+        raise ChecklistError(f"out_dir={out_dir!r} cannot be used: {problem}")
+    out = os.path.abspath(out_dir)
+    os.makedirs(out, exist_ok=True)
+    return out
 
 
 def _write_plan(out: str, baseline: Recipe, seeds: int, jobs: list[Job],
@@ -461,6 +473,14 @@ def _slots(workers: int, gpus_per_trial: int = 1) -> list[_Slot]:
     cores = sorted(os.sched_getaffinity(0))
     shares = [tuple(cores[i::workers]) or tuple(cores) for i in range(workers)]
     return [_Slot(share, None) for share in shares]
+
+
+def _slots_text(slots: list[_Slot]) -> str:
+    """What the workers run on, in words."""
+    if slots[0].gpus is not None:
+        return "GPUs " + "; ".join(",".join(slot.gpus) for slot in slots)
+    cores = len(slots[0].cores)
+    return f"CPU only, {cores} core{'s' if cores > 1 else ''} each"
 
 
 def _die_with_parent(cores: tuple[int, ...]) -> Callable[[], None]:

@@ -1,8 +1,18 @@
-"""Command-line entry points: thin absl apps over the library (flags -> Recipe -> call)."""
+"""Command-line entry points: thin absl apps over the library (flags -> Recipe -> call).
+
+TensorFlow's start-up log is kept off the binaries' screen by `tfmagic._quiet_start`, which
+runs before anything imports TensorFlow.
+"""
 
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
+
+# Exit statuses of the binaries besides 0 (success) and 1 (absl's usage error).
+EXIT_OUTPUT_DIR = 2
+EXIT_DIVERGED = 3
+EXIT_NO_WEIGHTS = 4
+EXIT_RUNS_FAILED = 3
 
 
 def recipe_from_flags(argv: list[str], flag_values: flags.FlagValues) -> recipe_lib.Recipe:

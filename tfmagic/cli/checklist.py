@@ -11,7 +11,8 @@ Running the same command again continues an interrupted checklist; finished runs
 The report (report.md, summary.csv, report.png, curves.png, best.cfg) is written into --out.
 
 Exit status: 0 every run completed or was skipped with a reason; 1 a bad flag value; 2 --out
-holds a checklist of another baseline or is in use; 3 some runs failed (see report.md).
+cannot be written to, holds a checklist of another baseline or is in use; 3 some runs failed
+(see report.md).
 """
 
 import sys
@@ -19,7 +20,7 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
-from tfmagic.cli import recipe_from_flags
+from tfmagic.cli import EXIT_OUTPUT_DIR, EXIT_RUNS_FAILED, recipe_from_flags
 
 FLAGS = flags.FLAGS
 recipe_lib.define_flags(FLAGS)
@@ -71,8 +72,8 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(str(error)) from None
     except (runner.ChecklistError, FileNotFoundError) as error:
         print(f"tfmagic-checklist: {error}", file=sys.stderr)
-        return 2
-    return 3 if result.failed else 0
+        return EXIT_OUTPUT_DIR
+    return EXIT_RUNS_FAILED if result.failed else 0
 
 
 def run() -> None:

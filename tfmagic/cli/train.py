@@ -10,8 +10,9 @@ Running again into the same --output_dir continues an unfinished run and refuses
 finished one unless --overwrite is given.
 
 Exit status: 0 the run completed; 1 a bad flag value (nothing is written); 2 the
-output directory holds a run that must not be touched; 3 the run diverged (recorded in
-result.json); 4 the pretrained weights asked for cannot be had (offline, say).
+output directory cannot be written to, or holds a run that must not be touched; 3 the run
+diverged (recorded in result.json); 4 the pretrained weights asked for cannot be had
+(offline, say).
 """
 
 import os
@@ -20,7 +21,13 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
-from tfmagic.cli import recipe_from_flags, usage_error
+from tfmagic.cli import (
+    EXIT_DIVERGED,
+    EXIT_NO_WEIGHTS,
+    EXIT_OUTPUT_DIR,
+    recipe_from_flags,
+    usage_error,
+)
 
 FLAGS = flags.FLAGS
 recipe_lib.define_flags(FLAGS)
@@ -72,14 +79,14 @@ def main(argv: list[str]) -> int:
         raise usage_error(error) from None
     except data.DataError as error:
         raise app.UsageError(str(error)) from None
-    except training.RunExistsError as error:
+    except training.OutputDirError as error:
         print(f"tfmagic-train: {error}", file=sys.stderr)
-        return 2
+        return EXIT_OUTPUT_DIR
     except models.PretrainedWeightsError as error:
         print(f"tfmagic-train: {error}", file=sys.stderr)
-        return 4
+        return EXIT_NO_WEIGHTS
     print(summary_line(result))
-    return 0 if result.status == "completed" else 3
+    return 0 if result.status == "completed" else EXIT_DIVERGED
 
 
 def _plot_schedules(recipe) -> int:
