@@ -3,9 +3,10 @@
 Imported first by the package, so that it runs before anything imports TensorFlow. When the
 program is `tfmagic-train` or `tfmagic-checklist` (or `python -m tfmagic.cli.NAME`) and the
 user has not set `TF_CPP_MIN_LOG_LEVEL` (then it is theirs), the level becomes 3 and what
-TensorFlow writes to stderr while it loads and looks for its devices (CUDA probing on a
-machine without a GPU, CPU feature notes, written before its log level applies) is held
-back, and shown only if loading fails. A program that merely imports tfmagic is left alone.
+TensorFlow writes to stderr while it loads (CUDA probing on a machine without a GPU, CPU
+feature notes, written before its log level applies) is held back, and shown only if loading
+fails; level 3 keeps the rest of its native log (a failed `cuInit` on a machine without a
+GPU) quiet too. A program that merely imports tfmagic is left alone.
 """
 
 import contextlib
@@ -47,6 +48,4 @@ def _native_stderr_held_back():
 if "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules and _is_binary():
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with _native_stderr_held_back():
-        import tensorflow as tf
-
-        tf.config.list_logical_devices()
+        import tensorflow  # noqa: F401  (devices are not touched: multi-worker needs them untouched)
