@@ -27,9 +27,12 @@ Dataset specs:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import hashlib
 import importlib
+import json
 import math
 import numbers
 import os
@@ -40,6 +43,10 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tfmagic._atomic import write_atomic
+from tfmagic.augment import seeding
+from tfmagic.augment.crops import center_crop, random_resized_crop, sample_boxes
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -81,6 +88,15 @@ _FOLDER_TEST_SEED = 0
 _FOLDER_TEST_FRACTION = 1 / 6
 # Undecodable image files named in an error message; the rest are counted.
 _MAX_LISTED_FILES = 20
+# cache="auto" streams a folder whose decoded images would take more than this.
+MEMORY_BUDGET_BYTES = _MAX_IN_MEMORY_BYTES
+CACHE_MODES = ("auto", "memory", "none")
+# Training files decoded to estimate a streamed dataset's normalization statistics.
+_STATS_SAMPLE = 2000
+_STATS_STREAM = 3
+_CROP_RATIO = (3 / 4, 4 / 3)
+# Where the results of checking a folder's files for undecodable ones are kept.
+_CHECKS_DIR = os.path.join("~", ".cache", "tfmagic", "checked-files")
 # Independent random streams derived from the user's seed.
 _SUBSET_STREAM = 1
 _VALIDATION_STREAM = 2
@@ -101,8 +117,11 @@ class DataSplits:
     epoch 0, which is how a resumed run sees the data an uninterrupted run would have seen.
     ``validation`` (None when no data is held out) and ``test`` are in a fixed order.
     Images are float32, normalized per channel with ``mean`` / ``std`` (0..255 scale,
-    computed on the training split); labels are int32 (float32 one-hot with ``one_hot=True``)
-    unless the augment hook changes them.
+    computed on the training split, or on a seeded sample of at most 2,000 of its files when
+    ``streamed``); labels are int32 (float32 one-hot with ``one_hot=True``)
+    unless the augment hook changes them. ``streamed`` says that the images are read from
+    their files at every epoch instead of being held in memory; ``bad_files`` are the files of
+    a streamed folder that do not decode, left out.
     """
 
     train: tf.data.Dataset
@@ -117,6 +136,8 @@ class DataSplits:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    streamed: bool = False
+    bad_files: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -339,10 +360,16 @@ def _folder_files(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
     return files, np.array(labels, dtype=np.int32), names
 
 
+def _decode(contents: tf.Tensor) -> tf.Tensor:
+    """The bytes of a JPEG, PNG, GIF (first frame) or BMP file as uint8 RGB ``(h, w, 3)``."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
 def _decode_image(file: str | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """One image file as uint8 ``(height, width, 3)``, resized (bilinear) to ``size``."""
-    image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
-    image = tf.image.resize(image, size, method="bilinear")
+    image = tf.image.resize(_decode(tf.io.read_file(file)), size, method="bilinear")
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
@@ -419,16 +446,34 @@ def _read_folder(
     return images, bad
 
 
-def _load_folder(
-    path: str, image_size: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Decode an image folder whose layout and classes :func:`check_dataset_name` accepted."""
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+    """An image folder's splits: uint8 images in memory, or file paths when streamed."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    names: tuple[str, ...]
+    size: tuple[int, int]
+    streamed: bool
+    bad_files: tuple[str, ...]
+
+
+def _load_folder(path: str, image_size: int | None, cache: str, memory_budget: int) -> _Folder:
+    """Read an image folder whose layout and classes :func:`check_dataset_name` accepted.
+
+    Decoded into memory when ``cache="memory"``, or ``"auto"`` and the decoded images fit in
+    ``memory_budget`` bytes (undecodable files are then an error naming them); otherwise the
+    splits hold file paths, and the undecodable files are left out and listed in
+    ``bad_files``.
+    """
     path = os.path.expanduser(path)
     train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "test")
     has_train = os.path.isdir(train_dir)
     train_root = train_dir if has_train else path
     train_files, y_train, names = _folder_files(train_root)
-    test_files = []
+    test_files, y_test = [], np.zeros((0,), np.int32)
     if has_train:
         test_files, y_test, test_names = _folder_files(test_dir)
         if test_names != names:
@@ -440,12 +485,20 @@ def _load_folder(
         size = _first_image_size(train_root, train_files)
     else:
         size = (image_size, image_size)
-    x_train, bad = _read_folder(train_root, train_files, size)
-    if has_train:
-        x_test, test_bad = _read_folder(test_dir, test_files, size)
-        bad += test_bad
-    if bad:
-        raise _undecodable(path, bad, len(train_files) + len(test_files))
+    decoded_bytes = (len(train_files) + len(test_files)) * size[0] * size[1] * 3
+    streamed = cache == "none" or (cache == "auto" and decoded_bytes > memory_budget)
+    bad_files: tuple[str, ...] = ()
+    if streamed:
+        bad_files = tuple(file for file, _ in _undecodable_files(train_files + test_files))
+        x_train, y_train = _without(train_files, y_train, bad_files)
+        x_test, y_test = _without(test_files, y_test, bad_files)
+    else:
+        x_train, bad = _read_folder(train_root, train_files, size)
+        if has_train:
+            x_test, test_bad = _read_folder(test_dir, test_files, size)
+            bad += test_bad
+        if bad:
+            raise _undecodable(path, bad, len(train_files) + len(test_files))
     if not has_train:
         rng = np.random.default_rng(_FOLDER_TEST_SEED)
         test_idx = _stratified_holdout(
@@ -456,7 +509,54 @@ def _load_folder(
         train_mask[test_idx] = False
         x_test, y_test = x_train[test_idx], y_train[test_idx]
         x_train, y_train = x_train[train_mask], y_train[train_mask]
-    return x_train, y_train, x_test, y_test, tuple(names)
+    return _Folder(x_train, y_train, x_test, y_test, tuple(names), size, streamed, bad_files)
+
+
+def _without(files: list[str], labels: np.ndarray,
+             bad: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The files (as an array of paths) and their labels, those in ``bad`` left out."""
+    keep = np.array([file not in bad for file in files], dtype=bool)
+    return np.array(files, dtype=object)[keep] if files else np.array([], object), labels[keep]
+
+
+def _file_key(files: list[str]) -> str:
+    """A digest of the files' paths, sizes and modification times."""
+    digest = hashlib.sha256()
+    for file in files:
+        info = os.stat(file)
+        digest.update(f"{os.path.abspath(file)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _undecodable_files(files: list[str]) -> list[tuple[str, str]]:
+    """``(file, reason)`` of every file that does not decode, found by decoding all of them in
+    parallel once. The answer is kept under ``~/.cache/tfmagic/checked-files`` (or
+    ``$TFMAGIC_CACHE_DIR/checked-files``), keyed by the files' paths, sizes and modification
+    times, so later runs over the same unchanged files do not decode them again."""
+    root = os.environ.get("TFMAGIC_CACHE_DIR")
+    directory = (os.path.join(root, "checked-files") if root
+                 else os.path.expanduser(_CHECKS_DIR))
+    record = os.path.join(directory, _file_key(files) + ".json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            return [(file, reason) for file, reason in json.load(f)["bad"]]
+    count = len(files)
+    decoded = np.zeros((count,), dtype=bool)
+    dataset = tf.data.Dataset.from_tensor_slices((files, np.arange(count))).map(
+        lambda file, index: (tf.shape(_decode(tf.io.read_file(file)))[0], index),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
+    ).ignore_errors()
+    for _, indices in dataset.batch(1024).as_numpy_iterator():
+        decoded[indices] = True
+    bad = []
+    for index in np.flatnonzero(~decoded):
+        try:
+            _decode(tf.io.read_file(files[index]))
+        except tf.errors.OpError as e:
+            bad.append((files[index], _decoder_reason(e)))
+    with contextlib.suppress(OSError):
+        write_atomic(record, json.dumps({"bad": bad}) + "\n")
+    return bad
 
 
 # ----------------------------------------------------------------------------- tensorflow-datasets
@@ -564,18 +664,89 @@ def _stratified_holdout(
 # ----------------------------------------------------------------------------- pipeline
 
 
-def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and std (0..255 scale) from per-channel histograms."""
+def _stats_from_histograms(hists: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..255 scale) from ``(channels, 256)`` value counts."""
     values = np.arange(256, dtype=np.float64)
     means, stds = [], []
-    for c in range(images.shape[-1]):
-        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+    for hist in hists.astype(np.float64):
         total = hist.sum()
         mean = float((hist * values).sum() / total)
         var = float((hist * (values - mean) ** 2).sum() / total)
         means.append(mean)
         stds.append(float(np.sqrt(var)) if var > 0 else 1.0)
     return tuple(means), tuple(stds)
+
+
+def _histograms(images: np.ndarray) -> np.ndarray:
+    """``(channels, 256)`` value counts of uint8 images ``(..., channels)``."""
+    return np.stack([np.bincount(images[..., c].ravel(), minlength=256)
+                     for c in range(images.shape[-1])])
+
+
+def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std (0..255 scale) from per-channel histograms."""
+    return _stats_from_histograms(_histograms(images))
+
+
+def _file_stats(files: np.ndarray, size: tuple[int, int],
+                seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a seeded sample of at most ``_STATS_SAMPLE`` image files,
+    each seen as evaluation sees it (the central crop resized to ``size``), rounded to uint8."""
+    rng = np.random.default_rng((seed, _STATS_STREAM))
+    sample = files[np.sort(rng.permutation(len(files))[:_STATS_SAMPLE])]
+    view = center_crop(1.0, size=size)
+    dataset = tf.data.Dataset.from_tensor_slices(list(sample)).map(
+        lambda file: tf.cast(tf.round(view(_decode(tf.io.read_file(file))[None])[0]), tf.uint8),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
+    )
+    hists = np.zeros((3, 256), dtype=np.int64)
+    for batch in dataset.batch(64).as_numpy_iterator():
+        hists += _histograms(batch)
+    return _stats_from_histograms(hists)
+
+
+def _epochs(count: int, batch_size: int, seed: int, train: bool,
+            prepare: Callable) -> Callable[[int | None], tf.data.Dataset]:
+    """``batches(first_epoch)``: batches of ``prepare(indices)`` over ``count`` examples.
+
+    For training the order of the indices is the epoch's: a seeded shuffle drawn anew for every
+    epoch. ``batches(None)`` is one epoch, reshuffled at every iteration (iteration i has epoch
+    i's order); ``batches(k)`` is an endless stream of epochs from epoch k on, each with the
+    same order as in a stream from epoch 0 (the shuffles of the epochs before k are drawn and
+    skipped, over indices only). Evaluation splits are in their stored order.
+    """
+    steps = math.ceil(count / batch_size)
+
+    def batches(first_epoch: int | None = None) -> tf.data.Dataset:
+        # A new shuffle each call: its sequence of epoch orders starts again from the seed.
+        order = tf.data.Dataset.range(count)
+        if train:
+            order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        order = order.batch(batch_size, drop_remainder=False)
+        indices = order if first_epoch is None else order.repeat().skip(first_epoch * steps)
+        dataset = indices.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        options = tf.data.Options()
+        options.deterministic = True
+        return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+    return batches
+
+
+def _finish(x, y, *, train: bool, augment: Callable | None, eval_transform: Callable | None,
+            one_hot: int | None, preprocess: Callable | None, mean: tuple[float, ...],
+            std: tuple[float, ...]):
+    """A batch of float32 0..255 images after cropping: labels one-hot when asked, the
+    augmentation (training) or evaluation transform, then preprocessing or normalization."""
+    if one_hot:
+        y = tf.one_hot(y, one_hot, dtype=tf.float32)
+    if train and augment is not None:
+        x, y = augment(x, y)
+        x = tf.cast(x, tf.float32)
+    if not train and eval_transform is not None:
+        x = tf.cast(eval_transform(x), tf.float32)
+    if preprocess is not None:
+        return tf.cast(preprocess(x), tf.float32), y
+    return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32), y
 
 
 def _pipeline(
@@ -585,62 +756,101 @@ def _pipeline(
     batch_size: int,
     size: tuple[int, int],
     channels: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
     seed: int,
     train: bool,
-    augment: Callable | None,
-    eval_transform: Callable | None,
-    one_hot: int | None,
-    preprocess: Callable | None,
+    crop: Callable | None,
+    crop_fraction: float,
+    **finish,
 ) -> Callable[[int | None], tf.data.Dataset]:
-    """``batches(first_epoch)``: the split's batches, images gathered by index from memory.
-
-    For training the order of the indices is the epoch's: a seeded shuffle drawn anew for every
-    epoch. ``batches(None)`` is one epoch, reshuffled at every iteration (iteration i has epoch
-    i's order); ``batches(k)`` is an endless stream of epochs from epoch k on, each with the
-    same order as in a stream from epoch 0 (the shuffles of the epochs before k are drawn and
-    skipped, over indices only). Evaluation splits are in file order.
-    """
-    mean_t = tf.constant(mean, dtype=tf.float32)
-    std_t = tf.constant(std, dtype=tf.float32)
+    """``batches(first_epoch)`` of images held in memory, gathered by index (see `_epochs`):
+    resized to ``size`` (and tiled to ``channels``), then the training crop or the
+    evaluation's central crop."""
     resize = tuple(images.shape[1:3]) != size
     tile = images.shape[-1] != channels
     images_t, labels_t = tf.constant(images), tf.constant(labels)
+    view = center_crop(crop_fraction) if crop_fraction < 1 else None
 
     def prepare(indices):
         x = tf.cast(tf.gather(images_t, indices), tf.float32)
-        y = tf.gather(labels_t, indices)
         if tile:
             x = tf.tile(x, [1, 1, 1, channels])
         if resize:
             x = tf.image.resize(x, size, method="bilinear")
-        if one_hot:
-            y = tf.one_hot(y, one_hot, dtype=tf.float32)
-        if train and augment is not None:
-            x, y = augment(x, y)
-            x = tf.cast(x, tf.float32)
-        if not train and eval_transform is not None:
-            x = tf.cast(eval_transform(x), tf.float32)
-        if preprocess is not None:
-            return tf.cast(preprocess(x), tf.float32), y
-        return (x - mean_t) / std_t, y
+        if train and crop is not None:
+            x = crop(x)
+        if not train and view is not None:
+            x = view(x)
+        return _finish(x, tf.gather(labels_t, indices), train=train, **finish)
 
-    steps = math.ceil(len(labels) / batch_size)
+    return _epochs(len(labels), batch_size, seed, train, prepare)
 
-    def batches(first_epoch: int | None = None) -> tf.data.Dataset:
-        # A new shuffle each call: its sequence of epoch orders starts again from the seed.
-        order = tf.data.Dataset.range(len(labels))
-        if train:
-            order = order.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        order = order.batch(batch_size, drop_remainder=False)
-        indices = order if first_epoch is None else order.repeat().skip(first_epoch * steps)
-        dataset = indices.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        options = tf.data.Options()
-        options.deterministic = True
-        return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
-    return batches
+def _crop_window(generator, height, width, scale):
+    """``(top, left, crop_height, crop_width)`` in whole pixels of an Inception crop box."""
+    box_h, box_w, along_h, along_w = sample_boxes(generator, 1, height, width, scale,
+                                                  _CROP_RATIO)
+    rows, columns = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    crop_h = tf.clip_by_value(tf.cast(tf.round(box_h[0] * rows), tf.int32), 1, height)
+    crop_w = tf.clip_by_value(tf.cast(tf.round(box_w[0] * columns), tf.int32), 1, width)
+    top = tf.cast(tf.round(along_h[0] * tf.cast(height - crop_h, tf.float32)), tf.int32)
+    left = tf.cast(tf.round(along_w[0] * tf.cast(width - crop_w, tf.float32)), tf.int32)
+    return top, left, crop_h, crop_w
+
+
+def _file_pipeline(
+    files: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    size: tuple[int, int],
+    seed: int,
+    train: bool,
+    crop_scale: tuple[float, float] | None,
+    crop_fraction: float,
+    **finish,
+) -> Callable[[int | None], tf.data.Dataset]:
+    """``batches(first_epoch)`` of image files read and decoded per batch (see `_epochs`).
+
+    A training image with ``crop_scale`` is an Inception crop cut from the file at its full
+    resolution (for a JPEG only the crop window is decoded), resized to ``size`` and flipped
+    with probability 1/2; every other image is the central ``crop_fraction`` of its largest
+    centred box of ``size``'s aspect ratio, resized to ``size`` (the short side resized to
+    ``size / crop_fraction``, then the central crop: the standard ImageNet evaluation).
+    """
+    files_t, labels_t = tf.constant(list(files), tf.string), tf.constant(labels)
+    view = center_crop(1.0 if train else crop_fraction, size=size)
+    generator = seeding.generator(seed * 16 + 1)
+
+    def resized_crop(path):
+        contents = tf.io.read_file(path)
+
+        def jpeg():
+            shape = tf.image.extract_jpeg_shape(contents)
+            window = tf.stack(_crop_window(generator, shape[0], shape[1], crop_scale))
+            return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
+
+        def other():
+            image = _decode(contents)
+            shape = tf.shape(image)
+            top, left, height, width = _crop_window(generator, shape[0], shape[1], crop_scale)
+            return image[top:top + height, left:left + width]
+
+        image = tf.cond(tf.image.is_jpeg(contents), jpeg, other)
+        image = tf.image.resize(image, size, method="bilinear")
+        flipped = generator.uniform(()) < 0.5
+        return tf.where(flipped, tf.reverse(image, axis=[1]), image)
+
+    def whole(path):
+        return view(_decode(tf.io.read_file(path))[None])[0]
+
+    load_one = resized_crop if train and crop_scale is not None else whole
+
+    def prepare(indices):
+        x = tf.map_fn(load_one, tf.gather(files_t, indices),
+                      fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
+        return _finish(x, tf.gather(labels_t, indices), train=train, **finish)
+
+    return _epochs(len(labels), batch_size, seed, train, prepare)
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -731,6 +941,10 @@ def load(
     one_hot: bool = False,
     preprocess: Callable | None = None,
     min_image_size: int | None = None,
+    cache: str = "auto",
+    memory_budget: int = MEMORY_BUDGET_BYTES,
+    crop_scale: tuple[float, float] | None = None,
+    crop_fraction: float = 1.0,
 ) -> DataSplits:
     """Load a dataset and build its train / validation / test pipelines.
 
@@ -763,6 +977,23 @@ def load(
             ``keras.applications`` model's ``preprocess_input``.
         min_image_size: resize (bilinear) so that height and width are at least this many
             pixels, for models with a minimum input size; sides already larger are kept.
+        cache: where the images of a ``folder:`` dataset live: ``"memory"`` (decoded once,
+            at the output size), ``"none"`` (streamed: read and decoded from their files in
+            every epoch, in parallel inside tf.data, so memory does not grow with the
+            dataset) or ``"auto"``: memory when the decoded images fit in ``memory_budget``
+            bytes, else streamed. A streamed folder's files are all decoded once to find the
+            undecodable ones, which are left out and listed in ``bad_files`` (the answer is
+            kept in ``~/.cache/tfmagic``, so the next run over unchanged files skips the
+            check); in memory an undecodable file is an error. Other datasets are in memory.
+        memory_budget: bytes of decoded images that ``cache="auto"`` keeps in memory.
+        crop_scale: ``(min, max)`` area fraction of an Inception (random-resized) crop of
+            every training image (aspect ratio 3/4 to 4/3, then a flip with probability
+            1/2), resized to the output size; None for no crop. A streamed image is cropped
+            from its file at full resolution (a JPEG decodes only the crop window).
+        crop_fraction: evaluation images are the central ``crop_fraction`` of the image: in
+            memory the central part of the resized image resized back; streamed, the short
+            side resized to ``size / crop_fraction`` and the central crop (1 = the whole
+            image; a streamed image keeps its aspect ratio, a square crop of its centre).
 
     Returns:
         DataSplits. Unless ``preprocess`` is given, images are normalized ``(x - mean) / std``
@@ -777,18 +1008,32 @@ def load(
         eval_batch_size, eval_transform, preprocess,
     )
     _check_int("min_image_size", min_image_size, 1, optional=True)
+    _check_int("memory_budget", memory_budget, 0)
+    if cache not in CACHE_MODES:
+        raise DataError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    if crop_scale is not None and not (
+            isinstance(crop_scale, tuple | list) and len(crop_scale) == 2
+            and 0 < crop_scale[0] <= crop_scale[1] <= 1):
+        raise DataError(f"crop_scale must be None or (min, max) with 0 < min <= max <= 1, "
+                        f"got {crop_scale!r}")
+    if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, numbers.Real) or not (
+            0 < crop_fraction <= 1):
+        raise DataError(f"crop_fraction must be a number in (0, 1], got {crop_fraction!r}")
+    streamed, bad_files, size = False, (), None
     if dataset == "fashion_mnist":
         (x_train, y_train), (x_test, y_test) = fashion_mnist()
         class_names = FASHION_MNIST_CLASSES
     elif dataset.startswith("folder:"):
-        x_train, y_train, x_test, y_test, class_names = _load_folder(
-            dataset.partition(":")[2], image_size
-        )
+        folder = _load_folder(dataset.partition(":")[2], image_size, cache, memory_budget)
+        x_train, y_train, x_test, y_test = (folder.x_train, folder.y_train, folder.x_test,
+                                            folder.y_test)
+        class_names, streamed, bad_files = folder.names, folder.streamed, folder.bad_files
+        size = folder.size
     else:
         x_train, y_train, x_test, y_test, class_names = _load_tfds(dataset.partition(":")[2])
     num_classes = len(class_names)
 
-    source_channels = x_train.shape[-1]
+    source_channels = 3 if streamed else x_train.shape[-1]
     target_channels = source_channels if channels is None else channels
     if (source_channels, target_channels) not in ((1, 1), (1, 3), (3, 3)):
         raise DataError(
@@ -820,25 +1065,33 @@ def load(
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         x_train, y_train = x_train[train_mask], y_train[train_mask]
 
-    mean, std = _channel_stats(x_train)
-    if target_channels != source_channels:
-        mean, std = mean * target_channels, std * target_channels
-    size = (image_size, image_size) if image_size else tuple(x_train.shape[1:3])
+    if size is None or not streamed:
+        size = (image_size, image_size) if image_size else tuple(x_train.shape[1:3])
     if min_image_size:
         size = tuple(max(side, min_image_size) for side in size)
-    common = {"size": size, "channels": target_channels, "mean": mean, "std": std, "seed": seed,
-              "eval_transform": eval_transform, "one_hot": num_classes if one_hot else None,
-              "preprocess": preprocess}
+    mean, std = _file_stats(x_train, size, seed) if streamed else _channel_stats(x_train)
+    if target_channels != source_channels:
+        mean, std = mean * target_channels, std * target_channels
+    finish = {"eval_transform": eval_transform, "one_hot": num_classes if one_hot else None,
+              "preprocess": preprocess, "mean": mean, "std": std, "augment": None}
+    common = {"size": size, "seed": seed, "crop_fraction": float(crop_fraction)}
+    if streamed:
+        def make(x, y, batch, train):
+            return _file_pipeline(x, y, batch_size=batch, train=train,
+                                  crop_scale=crop_scale, **common,
+                                  **{**finish, "augment": augment if train else None})
+    else:
+        crop = None if crop_scale is None else random_resized_crop(
+            scale=tuple(crop_scale), seed=seed * 16 + 1)
+
+        def make(x, y, batch, train):
+            return _pipeline(x, y, batch_size=batch, train=train, channels=target_channels,
+                             crop=crop, **common,
+                             **{**finish, "augment": augment if train else None})
     eval_batch = eval_batch_size or batch_size
-    train = _pipeline(
-        x_train, y_train, batch_size=batch_size, train=True, augment=augment, **common
-    )
-    validation = None
-    if x_val is not None:
-        validation = _pipeline(
-            x_val, y_val, batch_size=eval_batch, train=False, augment=None, **common
-        )()
-    test = _pipeline(x_test, y_test, batch_size=eval_batch, train=False, augment=None, **common)()
+    train = make(x_train, y_train, batch_size, True)
+    validation = None if x_val is None else make(x_val, y_val, eval_batch, False)()
+    test = make(x_test, y_test, eval_batch, False)()
     return DataSplits(
         train=train(),
         train_from_epoch=train,
@@ -852,4 +1105,6 @@ def load(
         class_names=tuple(class_names),
         mean=mean,
         std=std,
+        streamed=streamed,
+        bad_files=tuple(bad_files),
     )

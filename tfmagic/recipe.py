@@ -107,6 +107,14 @@ class Recipe:
         check=lambda v: v >= 0,
         allowed="must be >= 0 (0 = all images)",
     )
+    cache: str = _knob(
+        "auto",
+        "Where the images of a folder: dataset live: memory (decoded once at image_size), "
+        "none (streamed: read and decoded from their files in every epoch, memory flat as the "
+        "dataset grows, random-resized crops cut from the original image), or auto: memory "
+        "when the decoded images fit in 2 GiB, else streamed.",
+        choices=data.CACHE_MODES,
+    )
     validation_fraction: float = _knob(
         0.1,
         "Fraction of the training images held out (stratified) for validation.",

@@ -83,6 +83,10 @@ class TrainResult:
     first one includes tracing); with a single epoch, that epoch's. `wall_time_s` counts
     every epoch, also those of an earlier, interrupted invocation, plus this invocation's
     setup and evaluation. `resumed_from_epoch` is 0 for a run that started from scratch.
+    `streamed` says whether the images were read from their files every epoch,
+    `input_mean` / `input_std` are the per-channel normalization statistics (0..255 scale;
+    None for a keras.applications model, which uses its own preprocessing) and `bad_files`
+    the undecodable files a streamed folder left out.
     """
 
     status: str
@@ -96,6 +100,10 @@ class TrainResult:
     params: int
     resumed_from_epoch: int
     recipe: Recipe
+    streamed: bool = False
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+    bad_files: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: the recipe as a dict of fields, non-finite numbers as null."""
@@ -373,6 +381,10 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
         params=model.count_params(),
         resumed_from_epoch=resumed_from,
         recipe=recipe,
+        streamed=splits.streamed,
+        input_mean=None if models.is_application(recipe.model) else splits.mean,
+        input_std=None if models.is_application(recipe.model) else splits.std,
+        bad_files=splits.bad_files,
     )
     if chief:
         _log_hparams(recipe, result, os.path.join(out, TENSORBOARD_DIR))
@@ -409,8 +421,11 @@ def _load_data(recipe: Recipe) -> data.DataSplits:
         train_subset=recipe.train_subset or None,
         validation_fraction=recipe.validation_fraction,
         image_size=recipe.image_size or None,
-        augment=augmentation.build_train_augment(recipe),
-        eval_transform=augmentation.build_eval_transform(recipe),
+        augment=augmentation.build_train_augment(recipe, resized_crop=False),
+        crop_scale=(augmentation.CROP_SCALE if recipe.crop_scheme == "random_resized_crop"
+                    else None),
+        crop_fraction=recipe.crop_fraction,
+        cache=recipe.cache,
         one_hot=recipe.mixes_labels,
         channels=3 if application else None,
         preprocess=models.preprocess_function(recipe.model) if application else None,

@@ -141,6 +141,33 @@ def _fallback_box(height, width, low: float, high: float):
     return tf.minimum(1.0, aspect / low), tf.minimum(1.0, high / aspect)
 
 
+def sample_boxes(generator: tf.random.Generator, count, height, width,
+                 scale: tuple[float, float], ratio: tuple[float, float]):
+    """`count` Inception crop boxes for an image of `height` x `width` pixels (see
+    `random_resized_crop`): ``(box_h, box_w, along_h, along_w)``, float32 tensors of shape
+    ``(count,)``. The box sides are fractions of the image sides; the box starts at
+    ``along * (1 - side)`` of the image, so ``along`` (in [0, 1]) is its position."""
+    height = tf.cast(height, tf.float32)
+    width = tf.cast(width, tf.float32)
+    draws = generator.uniform([4, count, _RESIZED_CROP_ATTEMPTS])
+    area = scale[0] + (scale[1] - scale[0]) * draws[0]
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = tf.exp(log_low + (log_high - log_low) * draws[1])
+    # Box sides as fractions of the image sides: w*h = area*H*W pixels, w/h = aspect.
+    box_h = tf.sqrt(area * width / (aspect * height))
+    box_w = tf.sqrt(area * aspect * height / width)
+    fits = (box_h <= 1.0) & (box_w <= 1.0)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    found = tf.reduce_any(fits, axis=1)
+    pick = tf.stack([tf.range(count), first], axis=1)
+    fallback_h, fallback_w = _fallback_box(height, width, ratio[0], ratio[1])
+    box_h = tf.where(found, tf.gather_nd(box_h, pick), fallback_h)
+    box_w = tf.where(found, tf.gather_nd(box_w, pick), fallback_w)
+    along_h = tf.where(found, tf.gather_nd(draws[2], pick), 0.5)
+    along_w = tf.where(found, tf.gather_nd(draws[3], pick), 0.5)
+    return box_h, box_w, along_h, along_w
+
+
 def random_resized_crop(size=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True,
                         seed=None) -> Callable:
     """The Inception crop: a random box of each image, resized to `size` (bilinear).
@@ -171,29 +198,15 @@ def random_resized_crop(size=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip
                                          "must be a pair (min, max) with 0 < min <= max")
     check(isinstance(flip, bool), "flip", flip, "must be True or False")
     generator = seeding.generator(seed)
-    log_low, log_high = math.log(low_ratio), math.log(high_ratio)
 
     def crop(images):
         images = tf.cast(images, tf.float32)
         shape = tf.shape(images)
         batch = shape[0]
-        height = tf.cast(shape[1], tf.float32)
-        width = tf.cast(shape[2], tf.float32)
-        draws = generator.uniform([4, batch, _RESIZED_CROP_ATTEMPTS])
-        area = low_scale + (high_scale - low_scale) * draws[0]
-        aspect = tf.exp(log_low + (log_high - log_low) * draws[1])
-        # Box sides as fractions of the image sides: w*h = area*H*W pixels, w/h = aspect.
-        box_h = tf.sqrt(area * width / (aspect * height))
-        box_w = tf.sqrt(area * aspect * height / width)
-        fits = (box_h <= 1.0) & (box_w <= 1.0)
-        first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
-        found = tf.reduce_any(fits, axis=1)
-        pick = tf.stack([tf.range(batch), first], axis=1)
-        fallback_h, fallback_w = _fallback_box(height, width, low_ratio, high_ratio)
-        box_h = tf.where(found, tf.gather_nd(box_h, pick), fallback_h)
-        box_w = tf.where(found, tf.gather_nd(box_w, pick), fallback_w)
-        top = tf.where(found, tf.gather_nd(draws[2], pick), 0.5) * (1.0 - box_h)
-        left = tf.where(found, tf.gather_nd(draws[3], pick), 0.5) * (1.0 - box_w)
+        box_h, box_w, along_h, along_w = sample_boxes(
+            generator, batch, shape[1], shape[2], (low_scale, high_scale), (low_ratio, high_ratio))
+        top = along_h * (1.0 - box_h)
+        left = along_w * (1.0 - box_w)
         x1, x2 = left, left + box_w
         if flip:
             flipped = _flips(generator, batch)

@@ -29,7 +29,7 @@ from tfmagic.augment.erasing import Cutout
 from tfmagic.augment.mixing import CutMix, MixUp
 from tfmagic.plots import save_figure
 
-_CROP_SCALE = (0.25, 1.0)
+CROP_SCALE = (0.25, 1.0)
 
 
 def _seed(recipe, part: int) -> int:
@@ -37,17 +37,21 @@ def _seed(recipe, part: int) -> int:
     return recipe.seed * 16 + part
 
 
-def build_train_augment(recipe):
+def build_train_augment(recipe, resized_crop: bool = True):
     """The recipe's training augmentation as an `(images, labels) -> (images, labels)`
     callable for `tfmagic.data.load(augment=...)`, or None when it does nothing.
+
+    With `resized_crop=False` the `random_resized_crop` crop scheme is left out, for an input
+    pipeline that cuts it itself (`data.load(crop_scale=CROP_SCALE)`, from the original file
+    when the data is streamed).
 
     With mixing on, the pipeline must give one-hot labels (`data.load(one_hot=True)`).
     """
     steps = []
     if recipe.crop_scheme == "pad_and_crop":
         steps.append(_images_only(pad_and_crop(pad=None, seed=_seed(recipe, 1))))
-    elif recipe.crop_scheme == "random_resized_crop":
-        steps.append(_images_only(random_resized_crop(scale=_CROP_SCALE, seed=_seed(recipe, 1))))
+    elif recipe.crop_scheme == "random_resized_crop" and resized_crop:
+        steps.append(_images_only(random_resized_crop(scale=CROP_SCALE, seed=_seed(recipe, 1))))
     if recipe.augment == "autoaugment":
         steps.append(_images_only(AutoAugment(value_range=(0, 255), seed=_seed(recipe, 2))))
     elif recipe.augment == "color":
