@@ -1,9 +1,11 @@
 """Datasets and the tf.data input pipeline.
 
-Every dataset is decoded once into uint8 numpy arrays held in memory (images ``(N, H, W, C)``,
-labels int32 ``0..K-1``); :func:`load` then splits them (stratified, seeded) and builds the
-``tf.data`` pipelines that feed ``model.fit``. Per-step work (shuffling, resizing, augmentation,
-normalization) runs inside the tf.data graph, never in Python.
+A dataset is decoded once into uint8 numpy arrays held in memory (images ``(N, H, W, C)``,
+labels int32 ``0..K-1``), or, for an image folder too large for that (``cache``), kept as a
+list of files that are read and decoded in every epoch; :func:`load` then splits the images
+or files (stratified, seeded) and builds the ``tf.data`` pipelines that feed ``model.fit``.
+Per-step work (shuffling, decoding, cropping, resizing, augmentation, normalization) runs
+inside the tf.data graph, never in Python.
 
 Example::
 
