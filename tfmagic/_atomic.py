@@ -31,7 +31,7 @@ def file_mode() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``path`` to write to; on success it replaces ``path``.
 
-    The temporary name ends with the target's name (``model.keras`` -> ``.tmp-XXXX-model.keras``),
+    The temporary name ends with the target's name (``model.keras`` -> ``.tmp-<random>-model.keras``),
     so writers that check the extension accept it. On an exception the temporary file is removed
     and ``path`` is left as it was. The directory is created when missing.
     """
