@@ -32,8 +32,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``path`` to write to; on success it replaces ``path``.
 
     The temporary name ends with the target's name (``model.keras`` becomes
-    ``.tmp-<random>-model.keras``), so writers that check the extension accept it. On an exception the temporary file is removed
-    and ``path`` is left as it was. The directory is created when missing.
+    ``.tmp-<random>-model.keras``), so writers that check the extension accept it. On an
+    exception the temporary file is removed and ``path`` is left as it was. The directory is
+    created when missing.
     """
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
