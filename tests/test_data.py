@@ -1,9 +1,9 @@
 """Tests for tfmagic.data on the real Fashion-MNIST files and on real PNG folders."""
 
 import gzip
-import importlib.util
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -490,11 +490,8 @@ def test_dataset_names(tmp_path):
         data.load(f"folder:{os.path.dirname(split)}", batch_size=32)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("tensorflow_datasets") is not None,
-    reason="tensorflow-datasets is installed",
-)
-def test_tfds_without_the_package_says_how_to_install():
+def test_tfds_without_the_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)      # as if not installed
     with pytest.raises(DataError, match=r'pip install "tfmagic\[tfds\]"'):
         data.load("tfds:mnist", batch_size=32)
 

@@ -9,40 +9,17 @@ import sys
 
 import numpy as np
 import pytest
+from photos import PHOTOS, photo_folder
 from PIL import Image
-from sklearn.datasets import load_sample_images
 
 from tfmagic import data
 from tfmagic.recipe import Recipe
 from tfmagic.training import train
 
-PHOTOS = load_sample_images().images            # two 427x640 RGB photos, shipped by sklearn
-
-
-def _photo_folder(root, per_class=40, seed=0):
-    """Two classes (one per photo) of JPEG crops of mixed sizes, plus a PNG, a grayscale
-    JPEG, an RGBA PNG, a palette GIF and a CMYK JPEG in each class."""
-    rng = np.random.default_rng(seed)
-    for label, photo in enumerate(PHOTOS):
-        folder = root / f"photo{label}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            height, width = rng.integers(60, 200), rng.integers(60, 200)
-            top, left = rng.integers(0, 427 - height), rng.integers(0, 640 - width)
-            crop = Image.fromarray(photo[top:top + height, left:left + width])
-            crop.save(folder / f"crop{i:03d}.jpg", quality=90)
-        piece = Image.fromarray(photo[100:228, 200:328])
-        piece.save(folder / "piece.png")
-        piece.convert("L").save(folder / "gray.jpg")
-        piece.convert("RGBA").save(folder / "alpha.png")
-        piece.convert("P").save(folder / "palette.gif")
-        piece.convert("CMYK").save(folder / "cmyk.jpg")
-    return root
-
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    return _photo_folder(tmp_path_factory.mktemp("photos"))
+    return photo_folder(tmp_path_factory.mktemp("photos"))
 
 
 def _batches(dataset):

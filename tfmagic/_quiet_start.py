@@ -1,12 +1,13 @@
 """Load TensorFlow quietly when the program is one of tfmagic's binaries.
 
 Imported first by the package, so that it runs before anything imports TensorFlow. When the
-program is `tfmagic-train` or `tfmagic-checklist` (or `python -m tfmagic.cli.NAME`) and the
-user has not set `TF_CPP_MIN_LOG_LEVEL` (then it is theirs), the level becomes 3 and what
-TensorFlow writes to stderr while it loads (CUDA probing on a machine without a GPU, CPU
-feature notes, written before its log level applies) is held back, and shown only if loading
-fails; level 3 keeps the rest of its native log (a failed `cuInit` on a machine without a
-GPU) quiet too. A program that merely imports tfmagic is left alone.
+program is `tfmagic-train`, `tfmagic-checklist` or `tfmagic-data` (or `python -m
+tfmagic.cli.NAME`) and the user has not set `TF_CPP_MIN_LOG_LEVEL` (then it is theirs), the
+level becomes 3 and what TensorFlow writes to stderr while it loads (CUDA probing on a
+machine without a GPU, CPU feature notes, written before its log level applies) is held
+back, and shown only if loading fails; level 3 keeps the rest of its native log (a failed
+`cuInit` on a machine without a GPU) quiet too. A program that merely imports tfmagic is
+left alone.
 """
 
 import contextlib
@@ -14,7 +15,7 @@ import os
 import sys
 import tempfile
 
-BINARIES = ("tfmagic-train", "tfmagic-checklist")
+BINARIES = ("tfmagic-train", "tfmagic-checklist", "tfmagic-data")
 
 
 def _is_binary() -> bool:

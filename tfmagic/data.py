@@ -38,7 +38,6 @@ import json
 import math
 import numbers
 import os
-import re
 import zlib
 from collections.abc import Callable
 
@@ -46,17 +45,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmagic import records
 from tfmagic._atomic import write_atomic
 from tfmagic.augment import seeding
 from tfmagic.augment.crops import center_crop, random_resized_crop, sample_boxes
+from tfmagic.records import decode, decoder_reason
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "SHARD_BYTES",
     "DataError",
     "DataSplits",
     "check_dataset_name",
     "fashion_mnist",
     "load",
+    "write_tfrecords",
 ]
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
@@ -72,7 +75,7 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "Ankle boot",
 )
 
-DATASET_FORMS = ('"fashion_mnist"', '"folder:PATH"', '"tfds:NAME"')
+DATASET_FORMS = ('"fashion_mnist"', '"folder:PATH"', '"tfds:NAME"', '"tfrecord:GLOB"')
 
 _FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -97,8 +100,6 @@ CACHE_MODES = ("auto", "memory", "none")
 _STATS_SAMPLE = 2000
 _STATS_STREAM = 3
 _CROP_RATIO = (3 / 4, 4 / 3)
-# Where the results of checking a folder's files for undecodable ones are kept.
-_CHECKS_DIR = os.path.join("~", ".cache", "tfmagic", "checked-files")
 # Independent random streams derived from the user's seed.
 _SUBSET_STREAM = 1
 _VALIDATION_STREAM = 2
@@ -362,22 +363,10 @@ def _folder_files(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
     return files, np.array(labels, dtype=np.int32), names
 
 
-def _decode(contents: tf.Tensor) -> tf.Tensor:
-    """The bytes of a JPEG, PNG, GIF (first frame) or BMP file as uint8 RGB ``(h, w, 3)``."""
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
 def _decode_image(file: str | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """One image file as uint8 ``(height, width, 3)``, resized (bilinear) to ``size``."""
-    image = tf.image.resize(_decode(tf.io.read_file(file)), size, method="bilinear")
+    image = tf.image.resize(decode(tf.io.read_file(file)), size, method="bilinear")
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
-def _decoder_reason(error: tf.errors.OpError) -> str:
-    """TensorFlow's error message without its op and function annotations."""
-    return re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", error.message).strip().rstrip(".")
 
 
 def _undecodable(path: str, bad: list[tuple[str, str]], count: int) -> DataError:
@@ -403,7 +392,7 @@ def _first_image_size(path: str, files: list[str]) -> tuple[int, int]:
         try:
             shape = tf.io.decode_image(tf.io.read_file(file), expand_animations=False).shape
         except tf.errors.OpError as e:
-            bad.append((file, _decoder_reason(e)))
+            bad.append((file, decoder_reason(e)))
         else:
             return int(shape[0]), int(shape[1])
     raise _undecodable(path, bad, len(files))
@@ -444,7 +433,7 @@ def _read_folder(
         try:
             images[index] = _decode_image(files[index], size).numpy()
         except tf.errors.OpError as e:
-            bad.append((files[index], _decoder_reason(e)))
+            bad.append((files[index], decoder_reason(e)))
     return images, bad
 
 
@@ -535,17 +524,14 @@ def _undecodable_files(files: list[str]) -> list[tuple[str, str]]:
     parallel once. The answer is kept under ``~/.cache/tfmagic/checked-files`` (or
     ``$TFMAGIC_CACHE_DIR/checked-files``), keyed by the files' paths, sizes and modification
     times, so later runs over the same unchanged files do not decode them again."""
-    root = os.environ.get("TFMAGIC_CACHE_DIR")
-    directory = (os.path.join(root, "checked-files") if root
-                 else os.path.expanduser(_CHECKS_DIR))
-    record = os.path.join(directory, _file_key(files) + ".json")
+    record = os.path.join(records.cache_dir("checked-files"), _file_key(files) + ".json")
     if os.path.isfile(record):
         with open(record) as f:
             return [(file, reason) for file, reason in json.load(f)["bad"]]
     count = len(files)
     decoded = np.zeros((count,), dtype=bool)
     dataset = tf.data.Dataset.from_tensor_slices((files, np.arange(count))).map(
-        lambda file, index: (tf.shape(_decode(tf.io.read_file(file)))[0], index),
+        lambda file, index: (tf.shape(decode(tf.io.read_file(file)))[0], index),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
     ).ignore_errors()
     for _, indices in dataset.batch(1024).as_numpy_iterator():
@@ -553,9 +539,9 @@ def _undecodable_files(files: list[str]) -> list[tuple[str, str]]:
     bad = []
     for index in np.flatnonzero(~decoded):
         try:
-            _decode(tf.io.read_file(files[index]))
+            decode(tf.io.read_file(files[index]))
         except tf.errors.OpError as e:
-            bad.append((files[index], _decoder_reason(e)))
+            bad.append((files[index], decoder_reason(e)))
     with contextlib.suppress(OSError):
         write_atomic(record, json.dumps({"bad": bad}) + "\n")
     return bad
@@ -564,7 +550,11 @@ def _undecodable_files(files: list[str]) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------- tensorflow-datasets
 
 
-def _load_tfds(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+def _load_tfds(name: str, cache: str, memory_budget: int):
+    """A tensorflow-datasets dataset: ``(x_train, y_train, x_test, y_test, class names)`` of
+    uint8 images in memory for fixed-size images that fit ``memory_budget`` (unless
+    ``cache="none"``), else a `records.Source` over its files. The test split is ``test``,
+    or ``validation`` when there is no ``test``."""
     try:
         tfds = importlib.import_module("tensorflow_datasets")
     except ImportError as e:
@@ -577,10 +567,10 @@ def _load_tfds(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     except Exception as e:
         raise DataError(f'tfds dataset "{name}" could not be loaded: {e}') from e
     info = builder.info
-    missing = [split for split in ("train", "test") if split not in info.splits]
-    if missing:
+    test_split = next((split for split in ("test", "validation") if split in info.splits), None)
+    if "train" not in info.splits or test_split is None:
         raise DataError(
-            f'tfds dataset "{name}" has no {" or ".join(missing)} split '
+            f'tfds dataset "{name}" needs a train split and a test or validation split '
             f"(it has {', '.join(sorted(info.splits))})"
         )
     if not info.supervised_keys or len(info.supervised_keys) != 2:
@@ -589,19 +579,29 @@ def _load_tfds(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     shape = tuple(info.features[image_key].shape)
     label_feature = info.features[label_key]
     num_classes = getattr(label_feature, "num_classes", None)
-    if len(shape) != 3 or None in shape or num_classes is None:
+    if len(shape) != 3 or num_classes is None or type(
+            info.features[image_key]).__name__ != "Image":
         raise DataError(
-            f'tfds dataset "{name}" is not an image classification dataset of fixed-size '
-            f"images (image shape {shape}, label {type(label_feature).__name__})"
+            f'tfds dataset "{name}" is not an image classification dataset (image feature '
+            f"{type(info.features[image_key]).__name__} of shape {shape}, label "
+            f"{type(label_feature).__name__})"
         )
-    count = info.splits["train"].num_examples + info.splits["test"].num_examples
-    if count * int(np.prod(shape)) > _MAX_IN_MEMORY_BYTES:
+    count = info.splits["train"].num_examples + info.splits[test_split].num_examples
+    fits = None not in shape and count * int(np.prod(shape)) <= min(memory_budget,
+                                                                    _MAX_IN_MEMORY_BYTES)
+    if cache == "memory" and not fits:
         raise DataError(
-            f'tfds dataset "{name}" ({count} images of shape {shape}) does not fit in memory '
-            "(2 GiB)"
+            f'tfds dataset "{name}" ({count} images of shape {shape}) cannot be held in memory '
+            f"(cache=memory needs fixed-size images within {memory_budget} bytes); use "
+            "cache=auto or cache=none to stream it"
         )
+    if cache == "none" or not fits:
+        if str(info.file_format).lower().rsplit(".", 1)[-1] != "tfrecord":
+            raise DataError(f'tfds dataset "{name}" is stored as {info.file_format}; only '
+                            "tfrecord files can be streamed")
+        return records.tfds_source(builder, image_key, label_key, test_split)
     arrays = []
-    for split in ("train", "test"):
+    for split in ("train", test_split):
         images, labels = tfds.as_numpy(
             builder.as_dataset(split=split, as_supervised=True, batch_size=-1)
         )
@@ -610,6 +610,143 @@ def _load_tfds(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         arrays += [images, labels.astype(np.int32)]
     names = getattr(label_feature, "names", None) or [str(i) for i in range(num_classes)]
     return arrays[0], arrays[1], arrays[2], arrays[3], tuple(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Records:
+    """A record source's splits as rows of its index (int64) with their labels."""
+
+    source: records.Source
+    index: records.Index
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    names: tuple[str, ...]
+
+
+def _load_records(source: records.Source) -> _Records:
+    """Index a record source and split its records; without test shards a stratified 1/6
+    of the training records, the same for every seed, is the test set."""
+    try:
+        index = records.index(source)
+    except records.RecordError as e:
+        raise DataError(str(e)) from e
+    num_classes = int(index.label.max()) + 1
+    names = source.class_names or tuple(str(k) for k in range(num_classes))
+    if num_classes > len(names):
+        raise DataError(f"{source.what}: label {num_classes - 1} is beyond its "
+                        f"{len(names)} classes (labels start at label_base="
+                        f"{source.label_base})")
+    in_test = np.isin(index.shard, source.test)
+    x_train, x_test = np.flatnonzero(~in_test), np.flatnonzero(in_test)
+    if not source.test:
+        held = _shard_holdout(index, x_train, len(names), _FOLDER_TEST_FRACTION,
+                              np.random.default_rng(_FOLDER_TEST_SEED),
+                              f"{source.what} (test hold-out)")
+        x_test, x_train = x_train[held], np.delete(x_train, held)
+    return _Records(source, index, x_train, index.label[x_train], x_test, index.label[x_test],
+                    tuple(names))
+
+
+def _first_record_size(data: _Records, rows: np.ndarray) -> tuple[int, int]:
+    """Height and width of the first training record's image."""
+    read, shards = _record_reader(data.source, data.index, rows[:1])
+    image, _ = next(iter(read(tf.data.Dataset.from_tensor_slices(shards))))
+    shape = decode(image).shape
+    return int(shape[0]), int(shape[1])
+
+
+def _shard_order(shards: np.ndarray, rows: np.ndarray, wanted: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Positions (into ``rows``) of the rows in the fewest shards, taken in a seeded order,
+    that hold at least ``wanted`` of them: a sample drawn from them reads few shards."""
+    shard_of = shards[rows]
+    chosen, total = [], 0
+    counts = np.bincount(shard_of)
+    for shard in rng.permutation(np.flatnonzero(counts)):
+        if total >= wanted:
+            break
+        chosen.append(shard)
+        total += counts[shard]
+    return np.flatnonzero(np.isin(shard_of, chosen))
+
+
+def _shard_holdout(index: records.Index, rows: np.ndarray, num_classes: int, fraction: float,
+                   rng: np.random.Generator, what: str) -> np.ndarray:
+    """Positions (into ``rows``) of a stratified ``fraction`` of the records ``rows``, drawn
+    from the fewest seeded shards holding twice as many, so that reading the held-out
+    records reads about twice their bytes, not the whole dataset."""
+    n = int(round(fraction * len(rows)))
+    candidates = _shard_order(index.shard, rows, 2 * n, rng)
+    labels = index.label[rows[candidates]]
+    if n == 0 or n > len(candidates) - np.count_nonzero(np.bincount(labels)):
+        raise DataError(
+            f"{what}: a fraction of {fraction:g} of {len(rows)} records is {n} records; "
+            "use more records or a different fraction"
+        )
+    held = _stratified_holdout(labels, num_classes, n / len(candidates), rng, what)
+    return np.sort(candidates[held])
+
+
+SHARD_BYTES = 128 * 2**20
+
+
+def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_BYTES,
+                    seed: int = 0) -> dict:
+    """Write an image folder as TFRecord shards that ``"tfrecord:OUTPUT_DIR"`` reads back.
+
+    ``dataset`` is ``"folder:PATH"``; its test split is the one :func:`load` uses (``test/``,
+    or the fixed stratified 1/6 hold-out), so a ``tfrecord:`` run sees the same test images.
+    Training records are in a seeded random order across shards (every shard mixes the
+    classes, as streaming with a bounded shuffle buffer needs); each file's bytes are stored
+    as they are (ImageNet schema: ``image/encoded``, ``image/class/label`` from 0,
+    ``image/class/text``, ``image/filename``), shards of about ``shard_bytes`` named
+    ``train-00000-of-00008.tfrecord`` and ``test-...``, and ``dataset.json`` with the class
+    names, split sizes and the files left out because they do not decode. Paths go through
+    ``tf.io.gfile`` (``gs://`` works where TensorFlow has that file system).
+
+    Returns:
+        The contents of ``dataset.json``.
+
+    Raises:
+        DataError: ``dataset`` is not a folder spec, ``output_dir`` already holds files, or
+            a bad argument; shards written before an error are removed.
+    """
+    check_dataset_name(dataset)
+    kind, _, path = dataset.partition(":")
+    if kind != "folder":
+        raise DataError(f"dataset must be a folder:PATH to write as TFRecords, got {dataset!r}")
+    _check_int("shard_bytes", shard_bytes, 1)
+    _check_int("seed", seed, 0)
+    if tf.io.gfile.exists(output_dir) and tf.io.gfile.listdir(output_dir):
+        raise DataError(f"output_dir {output_dir} already holds files; give an empty or new "
+                        "directory")
+    folder = _load_folder(path, 1, "none", 0)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(folder.y_train))
+    splits = {"train": [(folder.x_train[i], int(folder.y_train[i])) for i in order],
+              "test": list(zip(folder.x_test, folder.y_test.tolist(), strict=True))}
+    tf.io.gfile.makedirs(output_dir)
+    written = []
+    try:
+        for prefix, items in splits.items():
+            written += records.write_shards(output_dir, prefix, items, folder.names,
+                                            shard_bytes)
+        description = {"classes": list(folder.names), "label_base": 0,
+                       "splits": {name: len(items) for name, items in splits.items()},
+                       "bad_files": list(folder.bad_files), "source": dataset}
+        partial = tf.io.gfile.join(output_dir, f".partial-{records.DESCRIPTION_FILE}")
+        with tf.io.gfile.GFile(partial, "w") as f:
+            f.write(json.dumps(description, indent=1) + "\n")
+        tf.io.gfile.rename(partial, tf.io.gfile.join(output_dir, records.DESCRIPTION_FILE),
+                           overwrite=True)
+    except BaseException:
+        for shard in written:
+            with contextlib.suppress(tf.errors.OpError):
+                tf.io.gfile.remove(shard)
+        raise
+    return description
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -698,7 +835,7 @@ def _file_stats(files: np.ndarray, size: tuple[int, int],
     sample = files[np.sort(rng.permutation(len(files))[:_STATS_SAMPLE])]
     view = center_crop(1.0, size=size)
     dataset = tf.data.Dataset.from_tensor_slices(list(sample)).map(
-        lambda file: tf.cast(tf.round(view(_decode(tf.io.read_file(file))[None])[0]), tf.uint8),
+        lambda file: tf.cast(tf.round(view(decode(tf.io.read_file(file))[None])[0]), tf.uint8),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
     )
     hists = np.zeros((3, 256), dtype=np.int64)
@@ -799,6 +936,41 @@ def _crop_window(generator, height, width, scale):
     return top, left, crop_h, crop_w
 
 
+class _Draws:
+    """Uniform draws from a stateless seed, a fresh seed for every call: stands in for a
+    `tf.random.Generator` where each image's randomness must follow from its position in
+    the data alone."""
+
+    def __init__(self, seed: tf.Tensor):
+        self.seed, self.calls = seed, 0
+
+    def uniform(self, shape):
+        self.calls += 1
+        return tf.random.stateless_uniform(
+            shape, tf.random.experimental.stateless_fold_in(self.seed, self.calls))
+
+
+def _cropped(contents: tf.Tensor, draws, size: tuple[int, int],
+             scale: tuple[float, float]) -> tf.Tensor:
+    """An Inception crop of an encoded image at full resolution (for a JPEG only the crop
+    window is decoded), resized (bilinear) to ``size``, float32, flipped with probability
+    1/2; ``draws`` has a ``uniform(shape)`` method."""
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(contents)
+        window = tf.stack(_crop_window(draws, shape[0], shape[1], scale))
+        return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
+
+    def other():
+        image = decode(contents)
+        shape = tf.shape(image)
+        top, left, height, width = _crop_window(draws, shape[0], shape[1], scale)
+        return image[top:top + height, left:left + width]
+
+    image = tf.image.resize(tf.cond(tf.image.is_jpeg(contents), jpeg, other), size,
+                            method="bilinear")
+    return tf.where(draws.uniform(()) < 0.5, tf.reverse(image, axis=[1]), image)
+
+
 def _file_pipeline(
     files: np.ndarray,
     labels: np.ndarray,
@@ -814,38 +986,20 @@ def _file_pipeline(
     """``batches(first_epoch)`` of image files read and decoded per batch (see `_epochs`).
 
     A training image with ``crop_scale`` is an Inception crop cut from the file at its full
-    resolution (for a JPEG only the crop window is decoded), resized to ``size`` and flipped
-    with probability 1/2; every other image is the central ``crop_fraction`` of its largest
-    centred box of ``size``'s aspect ratio, resized to ``size`` (the short side resized to
-    ``size / crop_fraction``, then the central crop: the standard ImageNet evaluation).
+    resolution (see `_cropped`); every other image is the central ``crop_fraction`` of its
+    largest centred box of ``size``'s aspect ratio, resized to ``size`` (the short side
+    resized to ``size / crop_fraction``, then the central crop: the standard ImageNet
+    evaluation).
     """
     files_t, labels_t = tf.constant(list(files), tf.string), tf.constant(labels)
     view = center_crop(1.0 if train else crop_fraction, size=size)
     generator = seeding.generator(seed * 16 + 1)
 
-    def resized_crop(path):
+    def load_one(path):
         contents = tf.io.read_file(path)
-
-        def jpeg():
-            shape = tf.image.extract_jpeg_shape(contents)
-            window = tf.stack(_crop_window(generator, shape[0], shape[1], crop_scale))
-            return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
-
-        def other():
-            image = _decode(contents)
-            shape = tf.shape(image)
-            top, left, height, width = _crop_window(generator, shape[0], shape[1], crop_scale)
-            return image[top:top + height, left:left + width]
-
-        image = tf.cond(tf.image.is_jpeg(contents), jpeg, other)
-        image = tf.image.resize(image, size, method="bilinear")
-        flipped = generator.uniform(()) < 0.5
-        return tf.where(flipped, tf.reverse(image, axis=[1]), image)
-
-    def whole(path):
-        return view(_decode(tf.io.read_file(path))[None])[0]
-
-    load_one = resized_crop if train and crop_scale is not None else whole
+        if train and crop_scale is not None:
+            return _cropped(contents, generator, size, crop_scale)
+        return view(decode(contents)[None])[0]
 
     def prepare(indices):
         x = tf.map_fn(load_one, tf.gather(files_t, indices),
@@ -853,6 +1007,138 @@ def _file_pipeline(
         return _finish(x, tf.gather(labels_t, indices), train=train, **finish)
 
     return _epochs(len(labels), batch_size, seed, train, prepare)
+
+
+# Encoded images shuffled together in a streamed training split (read from 16 shards at once,
+# in a new seeded order every epoch).
+_SHUFFLE_RECORDS = 4096
+_SHARDS_AT_ONCE = 16
+
+
+def _record_reader(source: records.Source, index: records.Index, rows: np.ndarray):
+    """``read(shards)``: the records of ``rows`` in the given shards (a tf.data dataset of
+    shard indices), 16 shards interleaved one record at a time in a fixed order, each as
+    ``(encoded image, label)``; the other records are skipped unparsed."""
+    member = np.zeros(int(index.counts.sum()), dtype=bool)
+    member[index.global_ids(rows)] = True
+    member_t = tf.constant(member)
+    offsets = tf.constant(np.concatenate([[0], np.cumsum(index.counts)[:-1]]), tf.int64)
+    paths = tf.constant(list(source.shards), tf.string)
+
+    def shard_records(shard):
+        first = tf.gather(offsets, shard)
+        return tf.data.TFRecordDataset(tf.gather(paths, shard)).enumerate().filter(
+            lambda position, _: tf.gather(member_t, first + position)
+        ).map(lambda _, record: record)
+
+    def read(shards: tf.data.Dataset) -> tf.data.Dataset:
+        return shards.interleave(
+            shard_records, cycle_length=_SHARDS_AT_ONCE, block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        ).map(source.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).map(
+            lambda image, label: (image, tf.cast(label - source.label_base, tf.int32)))
+
+    return read, np.unique(index.shard[rows]).astype(np.int64)
+
+
+def _record_pipeline(
+    source: records.Source,
+    index: records.Index,
+    rows: np.ndarray,
+    *,
+    batch_size: int,
+    size: tuple[int, int],
+    seed: int,
+    train: bool,
+    crop_scale: tuple[float, float] | None,
+    crop_fraction: float,
+    **finish,
+) -> Callable[[int | None], tf.data.Dataset]:
+    """``batches(first_epoch)`` of the records ``rows`` of a record source, streamed.
+
+    Evaluation reads the shards in order. Training epoch ``e`` reads the shards in a new order
+    drawn from ``(seed, e)``, shuffles each block of ``_SHUFFLE_RECORDS`` consecutive records in
+    an order drawn from ``(seed, e)`` and the block's number, and crops the j-th image of the
+    epoch with draws seeded by ``(seed, e, j)``: an epoch's batches follow from the seed and the
+    epoch alone, so ``batches(k)`` gives the epochs an uninterrupted run would have seen from
+    epoch k on, with no need to read epochs 0..k-1. ``batches(None)`` is one epoch, with a new
+    seeded epoch number at each iteration. Images are viewed as `_file_pipeline` views them;
+    batches never straddle two epochs.
+    """
+    read, shards = _record_reader(source, index, rows)
+    view = center_crop(1.0 if train else crop_fraction, size=size)
+    buffer = min(len(rows), _SHUFFLE_RECORDS)
+    steps = math.ceil(len(rows) / batch_size)
+
+    def whole(image, label):
+        return view(decode(image)[None])[0], label
+
+    def batched(images: tf.data.Dataset) -> tf.data.Dataset:
+        return images.batch(batch_size).map(
+            lambda x, y: _finish(x, y, train=train, **finish),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    if not train:
+        def evaluation(first_epoch=None):
+            images = read(tf.data.Dataset.from_tensor_slices(shards)).map(
+                whole, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return batched(images).apply(
+                tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+        return evaluation
+
+    def epoch(number):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(number, tf.int64)])
+        order = tf.argsort(tf.random.stateless_uniform([len(shards)], epoch_seed))
+        images = read(tf.data.Dataset.from_tensor_slices(tf.gather(shards, order)))
+
+        def mixed(block_number, block):
+            image, label = block
+            draws = tf.random.stateless_uniform(
+                tf.shape(label), tf.random.experimental.stateless_fold_in(
+                    epoch_seed, -1 - block_number))
+            order = tf.argsort(draws)
+            return tf.gather(image, order), tf.gather(label, order)
+
+        images = images.batch(buffer).enumerate().map(mixed).unbatch().enumerate()
+
+        def load_one(j, example):
+            image, label = example
+            draws = _Draws(tf.random.experimental.stateless_fold_in(epoch_seed, j))
+            if crop_scale is not None:
+                return _cropped(image, draws, size, crop_scale), label
+            return whole(image, label)
+
+        return batched(images.map(load_one, num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True))
+
+    def batches(first_epoch: int | None = None) -> tf.data.Dataset:
+        if first_epoch is not None:
+            return tf.data.Dataset.counter(start=first_epoch).flat_map(epoch).prefetch(
+                tf.data.AUTOTUNE)
+        number = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        return number.flat_map(epoch).apply(
+            tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+
+    return batches
+
+
+def _record_stats(source: records.Source, index: records.Index, rows: np.ndarray,
+                  size: tuple[int, int], seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a seeded sample of at most ``_STATS_SAMPLE`` of the
+    records ``rows``, drawn from the fewest seeded shards that hold that many, each seen as
+    evaluation sees it (the central crop resized to ``size``), rounded to uint8."""
+    rng = np.random.default_rng((seed, _STATS_STREAM))
+    candidates = _shard_order(index.shard, rows, _STATS_SAMPLE, rng)
+    sample = rows[np.sort(rng.permutation(candidates)[:_STATS_SAMPLE])]
+    read, shards = _record_reader(source, index, sample)
+    view = center_crop(1.0, size=size)
+    images = read(tf.data.Dataset.from_tensor_slices(shards)).map(
+        lambda image, _: tf.cast(tf.round(view(decode(image)[None])[0]), tf.uint8),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    hists = np.zeros((3, 256), dtype=np.int64)
+    for batch in images.batch(64).as_numpy_iterator():
+        hists += _histograms(batch)
+    return _stats_from_histograms(hists)
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -886,6 +1172,11 @@ def check_dataset_name(dataset: str) -> None:
     if sep and kind == "tfds":
         if not rest.strip():
             raise DataError(f'dataset "{dataset}": tfds: needs a dataset name, e.g. "tfds:mnist"')
+        return
+    if sep and kind == "tfrecord":
+        if not rest.strip():
+            raise DataError(f'dataset "{dataset}": tfrecord: needs a glob or a directory, '
+                            'e.g. "tfrecord:/data/imagenet/*-of-*"')
         return
     raise DataError(f"dataset {dataset!r} is not recognized; accepted forms: {forms}")
 
@@ -947,6 +1238,7 @@ def load(
     memory_budget: int = MEMORY_BUDGET_BYTES,
     crop_scale: tuple[float, float] | None = None,
     crop_fraction: float = 1.0,
+    label_base: int = 0,
 ) -> DataSplits:
     """Load a dataset and build its train / validation / test pipelines.
 
@@ -996,6 +1288,8 @@ def load(
             memory the central part of the resized image resized back; streamed, the short
             side resized to ``size / crop_fraction`` and the central crop (1 = the whole
             image; a streamed image keeps its aspect ratio, a square crop of its centre).
+        label_base: the first label of a ``tfrecord:`` dataset (1 for shards whose labels
+            run from 1, as in the ImageNet shards of the Inception scripts); subtracted.
 
     Returns:
         DataSplits. Unless ``preprocess`` is given, images are normalized ``(x - mean) / std``
@@ -1011,6 +1305,7 @@ def load(
     )
     _check_int("min_image_size", min_image_size, 1, optional=True)
     _check_int("memory_budget", memory_budget, 0)
+    _check_int("label_base", label_base, 0)
     if cache not in CACHE_MODES:
         raise DataError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     if crop_scale is not None and not (
@@ -1021,7 +1316,7 @@ def load(
     if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, numbers.Real) or not (
             0 < crop_fraction <= 1):
         raise DataError(f"crop_fraction must be a number in (0, 1], got {crop_fraction!r}")
-    streamed, bad_files, size = False, (), None
+    streamed, bad_files, size, from_records = False, (), None, None
     if dataset == "fashion_mnist":
         (x_train, y_train), (x_test, y_test) = fashion_mnist()
         class_names = FASHION_MNIST_CLASSES
@@ -1032,7 +1327,25 @@ def load(
         class_names, streamed, bad_files = folder.names, folder.streamed, folder.bad_files
         size = folder.size
     else:
-        x_train, y_train, x_test, y_test, class_names = _load_tfds(dataset.partition(":")[2])
+        kind, _, rest = dataset.partition(":")
+        if kind == "tfds":
+            loaded = _load_tfds(rest, cache, memory_budget)
+        elif cache == "memory":
+            raise DataError(f"cache=memory is not available for {dataset}: tfrecord: datasets "
+                            "are streamed (cache=auto or cache=none)")
+        else:
+            try:
+                loaded = records.tfrecord_source(rest, label_base)
+            except records.RecordError as e:
+                raise DataError(str(e)) from e
+        if isinstance(loaded, records.Source):
+            from_records = _load_records(loaded)
+            x_train, y_train, x_test, y_test = (from_records.x_train, from_records.y_train,
+                                                from_records.x_test, from_records.y_test)
+            class_names, streamed = from_records.names, True
+            bad_files = from_records.index.bad
+        else:
+            x_train, y_train, x_test, y_test, class_names = loaded
     num_classes = len(class_names)
 
     source_channels = 3 if streamed else x_train.shape[-1]
@@ -1058,26 +1371,41 @@ def load(
     x_val = y_val = None
     if validation_fraction > 0:
         rng = np.random.default_rng((seed, _VALIDATION_STREAM))
-        val_idx = _stratified_holdout(
-            y_train, num_classes, float(validation_fraction), rng,
-            f"validation_fraction for {dataset}",
-        )
+        what = f"validation_fraction for {dataset}"
+        if from_records is None:
+            val_idx = _stratified_holdout(y_train, num_classes, float(validation_fraction),
+                                          rng, what)
+        else:
+            val_idx = _shard_holdout(from_records.index, x_train, num_classes,
+                                     float(validation_fraction), rng, what)
         train_mask = np.ones(len(y_train), dtype=bool)
         train_mask[val_idx] = False
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         x_train, y_train = x_train[train_mask], y_train[train_mask]
 
+    if from_records is not None and image_size is None:
+        size = _first_record_size(from_records, x_train)
     if size is None or not streamed:
         size = (image_size, image_size) if image_size else tuple(x_train.shape[1:3])
     if min_image_size:
         size = tuple(max(side, min_image_size) for side in size)
-    mean, std = _file_stats(x_train, size, seed) if streamed else _channel_stats(x_train)
+    if from_records is not None:
+        mean, std = _record_stats(from_records.source, from_records.index, x_train, size, seed)
+    elif streamed:
+        mean, std = _file_stats(x_train, size, seed)
+    else:
+        mean, std = _channel_stats(x_train)
     if target_channels != source_channels:
         mean, std = mean * target_channels, std * target_channels
     finish = {"eval_transform": eval_transform, "one_hot": num_classes if one_hot else None,
               "preprocess": preprocess, "mean": mean, "std": std, "augment": None}
     common = {"size": size, "seed": seed, "crop_fraction": float(crop_fraction)}
-    if streamed:
+    if from_records is not None:
+        def make(x, y, batch, train):
+            return _record_pipeline(from_records.source, from_records.index, x,
+                                    batch_size=batch, train=train, crop_scale=crop_scale,
+                                    **common, **{**finish, "augment": augment if train else None})
+    elif streamed:
         def make(x, y, batch, train):
             return _file_pipeline(x, y, batch_size=batch, train=train,
                                   crop_scale=crop_scale, **common,

@@ -97,9 +97,12 @@ class Recipe:
 
     dataset: str = _knob(
         "fashion_mnist",
-        "Dataset: 'fashion_mnist', 'folder:PATH' (one sub-folder per class) or 'tfds:NAME'.",
+        "Dataset: 'fashion_mnist', 'folder:PATH' (one sub-folder per class), 'tfds:NAME' or "
+        "'tfrecord:GLOB' (TFRecord shards with image/encoded and image/class/label, names "
+        "starting train and test or validation; tfmagic-data writes them from a folder).",
         check=_check_dataset,
-        allowed="'fashion_mnist', 'folder:PATH' with an existing PATH, or 'tfds:NAME'",
+        allowed="'fashion_mnist', 'folder:PATH' with an existing PATH, 'tfds:NAME' or "
+                "'tfrecord:GLOB'",
     )
     train_subset: int = _knob(
         0,
@@ -109,11 +112,19 @@ class Recipe:
     )
     cache: str = _knob(
         "auto",
-        "Where the images of a folder: dataset live: memory (decoded once at image_size), "
-        "none (streamed: read and decoded from their files in every epoch, memory flat as the "
-        "dataset grows, random-resized crops cut from the original image), or auto: memory "
-        "when the decoded images fit in 2 GiB, else streamed.",
+        "Where the images of a folder: or tfds: dataset live: memory (decoded once at "
+        "image_size), none (streamed: read and decoded from their files in every epoch, memory "
+        "flat as the dataset grows, random-resized crops cut from the original image), or "
+        "auto: memory when the decoded images fit in 2 GiB, else streamed. tfrecord: datasets "
+        "and tfds: datasets of images of varying size are always streamed.",
         choices=data.CACHE_MODES,
+    )
+    label_base: int = _knob(
+        0,
+        "First label of a tfrecord: dataset, subtracted from every label: 1 for shards whose "
+        "labels run from 1 (the ImageNet shards of the Inception scripts).",
+        check=lambda v: v >= 0,
+        allowed="must be >= 0",
     )
     validation_fraction: float = _knob(
         0.1,

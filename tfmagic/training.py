@@ -426,6 +426,7 @@ def _load_data(recipe: Recipe) -> data.DataSplits:
                     else None),
         crop_fraction=recipe.crop_fraction,
         cache=recipe.cache,
+        label_base=recipe.label_base,
         one_hot=recipe.mixes_labels,
         channels=3 if application else None,
         preprocess=models.preprocess_function(recipe.model) if application else None,
