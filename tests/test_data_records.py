@@ -237,3 +237,30 @@ def test_tfds_images_of_any_size_stream_and_train(tmp_path):
                     output_dir=str(tmp_path / "run"))
     result = train(recipe, verbose=0)
     assert result.status == "completed" and result.streamed and result.test_accuracy > 0.5
+
+
+def test_each_worker_reads_its_own_shards(tmp_path):
+    """Record (shard s, position p) is an image of value (s, p, 0): over an epoch's first
+    records two workers read disjoint sets of shards, all six together, in batches of half
+    the global batch."""
+    for shard in range(6):
+        examples = []
+        for position in range(20):
+            image = np.zeros((4, 4, 3), np.uint8)
+            image[..., 0], image[..., 1] = shard, position
+            examples.append((tf.io.encode_png(image).numpy(), position % 2))
+        _write(tmp_path / records.shard_name("train", shard, 6), examples)
+    splits = data.load(f"tfrecord:{tmp_path}/*-of-*", batch_size=8, image_size=4,
+                       validation_fraction=0.0, preprocess=lambda x: x)
+    assert splits.train_size == 100 and splits.test_size == 20
+    seen = []
+    for worker in range(2):
+        batches = [x.numpy() for x, _ in splits.train_from_epoch(3, worker=worker,
+                                                                  workers=2).take(7)]
+        assert all(len(x) == 4 for x in batches)
+        pixels = np.concatenate(batches)[:, 0, 0, :2].astype(int)
+        seen.append(pixels)
+        assert len({tuple(p) for p in pixels}) == len(pixels)       # no record twice
+    shards = [set(pixels[:, 0]) for pixels in seen]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    assert len(shards[0] | shards[1]) == 6

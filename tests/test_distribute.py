@@ -290,3 +290,31 @@ def test_multi_worker_without_tf_config_and_bad_values(monkeypatch):
         Recipe(precision="float16")
     with pytest.raises(RecipeError, match="^steps_per_execution=0"):
         Recipe(steps_per_execution=0)
+
+
+def test_multi_worker_streamed_folder_each_worker_reads_its_share(tmp_path):
+    """A streamed photo folder on a 2-worker cluster: each worker decodes only its half of
+    every global batch (checked on the pipeline), and training keeps the workers' weights
+    identical."""
+    from photos import photo_folder
+
+    from tfmagic import data
+
+    folder = photo_folder(tmp_path / "photos", per_class=24)
+    splits = data.load(f"folder:{folder}", cache="none", batch_size=10, image_size=16,
+                       validation_fraction=0.0, preprocess=lambda x: x)
+    whole = [x.numpy() for x, _ in splits.train_from_epoch(1).take(6)]
+    shares = [[x.numpy() for x, _ in splits.train_from_epoch(1, worker=w, workers=2).take(6)]
+              for w in range(2)]
+    for batch, first, second in zip(whole, *shares, strict=True):
+        assert len(first) + len(second) == len(batch) and len(first) - len(second) in (0, 1)
+        np.testing.assert_array_equal(batch[0::2], first)
+        np.testing.assert_array_equal(batch[1::2], second)
+    out = tmp_path / "run"
+    codes, reports, weights = _two_workers(tmp_path, out, {
+        "dataset": f"folder:{folder}", "cache": "none", "image_size": 32, "batch_size": 16,
+        "width": 0.25, "epochs": 2, "validation_fraction": 0.1})
+    assert codes == [0, 0], reports
+    assert [r["status"] for r in reports] == ["completed", "completed"]
+    _assert_same_weights(*weights)
+    assert json.loads((out / "result.json").read_text())["streamed"] is True

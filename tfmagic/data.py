@@ -118,6 +118,10 @@ class DataSplits:
     training batches from epoch k on, for ``model.fit(..., steps_per_epoch=ceil(train_size /
     batch_size), initial_epoch=k)``: each epoch in the same order as when training started at
     epoch 0, which is how a resumed run sees the data an uninterrupted run would have seen.
+    ``train_from_epoch(k, worker=i, workers=n)`` is worker i's share for multi-worker
+    training, in batches of ``batch_size / n``: for in-memory data and image folders its part
+    of every global batch, for record sources its share of every epoch's shards; each worker
+    reads and decodes only its own share.
     ``validation`` (None when no data is held out) and ``test`` are in a fixed order.
     Images are float32, normalized per channel with ``mean`` / ``std`` (0..255 scale,
     computed on the training split, or on a seeded sample of at most 2,000 of its files when
@@ -128,7 +132,7 @@ class DataSplits:
     """
 
     train: tf.data.Dataset
-    train_from_epoch: Callable[[int], tf.data.Dataset]
+    train_from_epoch: Callable[..., tf.data.Dataset]
     validation: tf.data.Dataset | None
     test: tf.data.Dataset
     num_classes: int
@@ -853,16 +857,22 @@ def _epochs(count: int, batch_size: int, seed: int, train: bool,
     i's order); ``batches(k)`` is an endless stream of epochs from epoch k on, each with the
     same order as in a stream from epoch 0 (the shuffles of the epochs before k are drawn and
     skipped, over indices only). Evaluation splits are in their stored order.
+    ``batches(k, worker, workers)`` is worker ``worker``'s part of every batch of
+    ``batches(k)``: the examples at positions ``worker, worker + workers, ...`` of it, so the
+    workers together see every batch and each prepares (reads, decodes) only its own part.
     """
     steps = math.ceil(count / batch_size)
 
-    def batches(first_epoch: int | None = None) -> tf.data.Dataset:
+    def batches(first_epoch: int | None = None, worker: int = 0,
+                workers: int = 1) -> tf.data.Dataset:
         # A new shuffle each call: its sequence of epoch orders starts again from the seed.
         order = tf.data.Dataset.range(count)
         if train:
             order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
         order = order.batch(batch_size, drop_remainder=False)
         indices = order if first_epoch is None else order.repeat().skip(first_epoch * steps)
+        if workers > 1:
+            indices = indices.map(lambda batch: batch[worker::workers])
         dataset = indices.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
@@ -1063,7 +1073,10 @@ def _record_pipeline(
     epoch alone, so ``batches(k)`` gives the epochs an uninterrupted run would have seen from
     epoch k on, with no need to read epochs 0..k-1. ``batches(None)`` is one epoch, with a new
     seeded epoch number at each iteration. Images are viewed as `_file_pipeline` views them;
-    batches never straddle two epochs.
+    batches never straddle two epochs. ``batches(k, worker, workers)`` reads only the worker's
+    share of each epoch's shards (every ``workers``-th, or of the records when there are
+    fewer shards than workers), in batches of ``batch_size / workers``: the workers' epochs
+    then differ in length by up to a shard's records.
     """
     read, shards = _record_reader(source, index, rows)
     view = center_crop(1.0 if train else crop_fraction, size=size)
@@ -1073,8 +1086,8 @@ def _record_pipeline(
     def whole(image, label):
         return view(decode(image)[None])[0], label
 
-    def batched(images: tf.data.Dataset) -> tf.data.Dataset:
-        return images.batch(batch_size).map(
+    def batched(images: tf.data.Dataset, size: int = batch_size) -> tf.data.Dataset:
+        return images.batch(size).map(
             lambda x, y: _finish(x, y, train=train, **finish),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -1086,10 +1099,14 @@ def _record_pipeline(
                 tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
         return evaluation
 
-    def epoch(number):
+    def epoch(number, worker, workers):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(number, tf.int64)])
         order = tf.argsort(tf.random.stateless_uniform([len(shards)], epoch_seed))
-        images = read(tf.data.Dataset.from_tensor_slices(tf.gather(shards, order)))
+        ordered = tf.data.Dataset.from_tensor_slices(tf.gather(shards, order))
+        if len(shards) >= workers:
+            images = read(ordered.shard(workers, worker))
+        else:
+            images = read(ordered).shard(workers, worker)
 
         def mixed(block_number, block):
             image, label = block
@@ -1109,14 +1126,15 @@ def _record_pipeline(
             return whole(image, label)
 
         return batched(images.map(load_one, num_parallel_calls=tf.data.AUTOTUNE,
-                                  deterministic=True))
+                                  deterministic=True), math.ceil(batch_size / workers))
 
-    def batches(first_epoch: int | None = None) -> tf.data.Dataset:
+    def batches(first_epoch: int | None = None, worker: int = 0,
+                workers: int = 1) -> tf.data.Dataset:
         if first_epoch is not None:
-            return tf.data.Dataset.counter(start=first_epoch).flat_map(epoch).prefetch(
-                tf.data.AUTOTUNE)
+            return tf.data.Dataset.counter(start=first_epoch).flat_map(
+                lambda number: epoch(number, worker, workers)).prefetch(tf.data.AUTOTUNE)
         number = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-        return number.flat_map(epoch).apply(
+        return number.flat_map(lambda number: epoch(number, 0, 1)).apply(
             tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
 
     return batches

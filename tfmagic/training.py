@@ -303,6 +303,25 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, replac
     return result
 
 
+def _training_input(splits: data.DataSplits, first_epoch: int,
+                    strategy: tf.distribute.Strategy, batch_size: int, auxiliary: bool):
+    """The training batches from ``first_epoch`` on. Under a multi-worker strategy a streamed
+    dataset is read by each worker for its own share only (`DataSplits.train_from_epoch`
+    with ``worker``); in-memory data is split example by example."""
+    def batches(**share):
+        stream = splits.train_from_epoch(first_epoch, **share)
+        return stream.map(_duplicate_labels) if auxiliary else stream
+
+    if not (splits.streamed and distribute.is_multi_worker(strategy)):
+        return distribute.shard_by_example(batches(), strategy)
+
+    def share(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        mine = batches(worker=context.input_pipeline_id, workers=context.num_input_pipelines)
+        return mine.rebatch(context.get_per_replica_batch_size(batch_size))
+
+    return strategy.distribute_datasets_from_function(share)
+
+
 def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplits,
                       strategy: tf.distribute.Strategy, chief: bool, out: str, started: float,
                       verbose: int,
@@ -316,16 +335,16 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
     os.makedirs(out, exist_ok=True)
     backup = _AtomicBackup(os.path.join(out, BACKUP_DIR))
     first_epoch = backup.resume_epoch(strategy)
-    train_data, validation_data = splits.train_from_epoch(first_epoch), splits.validation
+    train_data = _training_input(splits, first_epoch, strategy, recipe.batch_size, auxiliary)
+    validation_data = splits.validation
     if auxiliary:
-        train_data = train_data.map(_duplicate_labels)
         validation_data = validation_data and validation_data.map(_duplicate_labels)
     _drop_partial_line(os.path.join(out, HISTORY_FILE))
     clock = _EpochClock(splits.train_size)
     watch = _DivergenceWatch()
     with distribute.multi_worker_fit(model):
         model.fit(
-            distribute.shard_by_example(train_data, strategy),
+            train_data,
             validation_data=distribute.shard_by_example(validation_data, strategy),
             epochs=recipe.epochs,
             steps_per_epoch=steps_in_epoch(recipe, splits.train_size),
