@@ -150,3 +150,31 @@ def test_a_streamed_epoch_keeps_memory_flat(tmp_path):
           f"{', '.join(f'{s:.0f}' for s in after)} MiB")
     assert after[2] - before < 225 / 2
     assert after[2] - after[1] < 25
+
+
+@pytest.mark.slow
+def test_fashion_mnist_as_png_files_trains_as_well_streamed_as_in_memory(tmp_path):
+    """Fashion-MNIST written out as a PNG folder (3,000 training and 1,000 test images),
+    trained three seeds each in memory and streamed: the mean test accuracies differ by less
+    than three standard errors of their difference, measured from the seeds' spread, plus
+    half a point."""
+    (x_train, y_train), (x_test, y_test) = data.fashion_mnist()
+    for split, images, labels, count in (("train", x_train, y_train, 3000),
+                                         ("test", x_test, y_test, 1000)):
+        for i in range(count):
+            folder = tmp_path / "fmnist" / split / f"class{labels[i]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i, :, :, 0]).save(folder / f"{i:05d}.png")
+    accuracies = {}
+    for cache in ("memory", "none"):
+        accuracies[cache] = np.array([
+            train(Recipe(dataset=f"folder:{tmp_path / 'fmnist'}", cache=cache, epochs=3,
+                         batch_size=64, width=0.5, se=False, augment="none", seed=seed,
+                         output_dir=str(tmp_path / f"{cache}{seed}")), verbose=0).test_accuracy
+            for seed in range(3)])
+    memory, streamed = accuracies["memory"], accuracies["none"]
+    error = np.sqrt(memory.var(ddof=1) / 3 + streamed.var(ddof=1) / 3)
+    print(f"test accuracy in memory {memory}, streamed {streamed}, standard error of the "
+          f"difference {error:.4f}")
+    assert memory.mean() > 0.7 and streamed.mean() > 0.7
+    assert abs(memory.mean() - streamed.mean()) < 3 * error + 0.005
