@@ -15,6 +15,7 @@ BAD_VALUES = [
     ("dataset", "folder:/no/such/dir", "/no/such/dir"),
     ("dataset", "tfds:", "needs a dataset name"),
     ("cache", "disk", "auto, memory, none"),
+    ("label_base", -1, ">= 0"),
     ("train_subset", -1, ">= 0"),
     ("validation_fraction", 1.0, "[0, 1)"),
     ("validation_fraction", -0.1, "[0, 1)"),
