@@ -88,6 +88,30 @@ def test_random_resized_crop_comes_from_the_original_resolution(tmp_path):
     assert spread(memory) < 5
 
 
+def test_a_streamed_folder_crops_by_epoch_and_position_so_resumes_and_workers_agree(photos):
+    """Training crops are drawn from the batch's number and the image's position: the stream
+    from epoch 1 repeats epoch 1 of the stream from epoch 0, and two workers' halves of each
+    batch are the whole batch's even and odd images."""
+    splits = data.load(f"folder:{photos}", cache="none", batch_size=16, image_size=32,
+                       crop_scale=(0.25, 1.0), validation_fraction=0.0, seed=3)
+    steps = -(-splits.train_size // 16)
+    from_zero = _batches(splits.train_from_epoch(0).take(2 * steps))
+    from_one = _batches(splits.train_from_epoch(1).take(steps))
+    for (x, y), (x_resumed, y_resumed) in zip(from_zero[steps:], from_one, strict=True):
+        np.testing.assert_array_equal(y, y_resumed)
+        np.testing.assert_array_equal(x, x_resumed)
+    halves = [_batches(splits.train_from_epoch(1, worker=w, workers=2).take(steps))
+              for w in (0, 1)]
+    for (x, y), (x0, y0), (x1, y1) in zip(from_one, *halves, strict=True):
+        np.testing.assert_array_equal(x[0::2], x0)
+        np.testing.assert_array_equal(x[1::2], x1)
+        np.testing.assert_array_equal(y[0::2], y0)
+        np.testing.assert_array_equal(y[1::2], y1)
+    # Two iterations of the one-epoch dataset crop differently: a new stream each time.
+    first, second = _batches(splits.train), _batches(splits.train)
+    assert len(first) == steps and not np.array_equal(first[0][0], second[0][0])
+
+
 def test_undecodable_files_are_left_out_and_recorded(photos, tmp_path, monkeypatch):
     monkeypatch.setenv("TFMAGIC_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "bad"

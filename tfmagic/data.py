@@ -47,7 +47,6 @@ import tensorflow as tf
 
 from tfmagic import records
 from tfmagic._atomic import write_atomic
-from tfmagic.augment import seeding
 from tfmagic.augment.crops import center_crop, random_resized_crop, sample_boxes
 from tfmagic.records import decode, decoder_reason
 
@@ -848,18 +847,21 @@ def _file_stats(files: np.ndarray, size: tuple[int, int],
     return _stats_from_histograms(hists)
 
 
-def _epochs(count: int, batch_size: int, seed: int, train: bool,
-            prepare: Callable) -> Callable[[int | None], tf.data.Dataset]:
-    """``batches(first_epoch)``: batches of ``prepare(indices)`` over ``count`` examples.
+def _index_batches(count: int, batch_size: int, seed: int,
+                   train: bool) -> Callable[..., tf.data.Dataset]:
+    """``batches(first_epoch, worker, workers)``: batches of example indices, each as
+    ``(number, positions, indices)`` with the batch's number in the stream and the positions
+    of its indices in the whole batch.
 
     For training the order of the indices is the epoch's: a seeded shuffle drawn anew for every
     epoch. ``batches(None)`` is one epoch, reshuffled at every iteration (iteration i has epoch
     i's order); ``batches(k)`` is an endless stream of epochs from epoch k on, each with the
     same order as in a stream from epoch 0 (the shuffles of the epochs before k are drawn and
-    skipped, over indices only). Evaluation splits are in their stored order.
-    ``batches(k, worker, workers)`` is worker ``worker``'s part of every batch of
-    ``batches(k)``: the examples at positions ``worker, worker + workers, ...`` of it, so the
-    workers together see every batch and each prepares (reads, decodes) only its own part.
+    skipped, over indices only), its batches numbered from ``k * steps``. Evaluation splits
+    are in their stored order. ``batches(k, worker, workers)`` is worker ``worker``'s part of
+    every batch of ``batches(k)``: the examples at positions ``worker, worker + workers, ...``
+    of it, so the workers together see every batch and each prepares (reads, decodes) only
+    its own part.
     """
     steps = math.ceil(count / batch_size)
 
@@ -871,21 +873,46 @@ def _epochs(count: int, batch_size: int, seed: int, train: bool,
             order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
         order = order.batch(batch_size, drop_remainder=False)
         indices = order if first_epoch is None else order.repeat().skip(first_epoch * steps)
-        if workers > 1:
-            indices = indices.map(lambda batch: batch[worker::workers])
-        dataset = indices.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        options = tf.data.Options()
-        options.deterministic = True
-        return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+        numbered = indices.enumerate(start=(first_epoch or 0) * steps)
+
+        def part(number, batch):
+            positions = tf.range(tf.size(batch, out_type=tf.int64), dtype=tf.int64)
+            return number, positions[worker::workers], batch[worker::workers]
+
+        return numbered.map(part)
 
     return batches
+
+
+def _epochs(count: int, batch_size: int, seed: int, train: bool,
+            prepare: Callable) -> Callable[..., tf.data.Dataset]:
+    """``batches(first_epoch, worker, workers)``: batches of ``prepare(indices)``, the
+    indices batched as `_index_batches` gives them."""
+    indices = _index_batches(count, batch_size, seed, train)
+
+    def batches(first_epoch: int | None = None, worker: int = 0,
+                workers: int = 1) -> tf.data.Dataset:
+        dataset = indices(first_epoch, worker, workers).map(
+            lambda number, positions, batch: prepare(batch),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
+
+    return batches
+
+
+def _in_order(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with its elements in their defined order, whatever the global options."""
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options)
 
 
 def _finish(x, y, *, train: bool, augment: Callable | None, eval_transform: Callable | None,
             one_hot: int | None, preprocess: Callable | None, mean: tuple[float, ...],
             std: tuple[float, ...]):
-    """A batch of float32 0..255 images after cropping: labels one-hot when asked, the
+    """A batch of 0..255 images after cropping, made float32: labels one-hot when asked, the
     augmentation (training) or evaluation transform, then preprocessing or normalization."""
+    x = tf.cast(x, tf.float32)
     if one_hot:
         y = tf.one_hot(y, one_hot, dtype=tf.float32)
     if train and augment is not None:
@@ -963,8 +990,9 @@ class _Draws:
 def _cropped(contents: tf.Tensor, draws, size: tuple[int, int],
              scale: tuple[float, float]) -> tf.Tensor:
     """An Inception crop of an encoded image at full resolution (for a JPEG only the crop
-    window is decoded), resized (bilinear) to ``size``, float32, flipped with probability
-    1/2; ``draws`` has a ``uniform(shape)`` method."""
+    window is decoded), resized (bilinear) to ``size``, rounded to uint8 (a quarter of the
+    float32 bytes to batch and move), flipped with probability 1/2; ``draws`` has a
+    ``uniform(shape)`` method."""
     def jpeg():
         shape = tf.image.extract_jpeg_shape(contents)
         window = tf.stack(_crop_window(draws, shape[0], shape[1], scale))
@@ -978,7 +1006,9 @@ def _cropped(contents: tf.Tensor, draws, size: tuple[int, int],
 
     image = tf.image.resize(tf.cond(tf.image.is_jpeg(contents), jpeg, other), size,
                             method="bilinear")
-    return tf.where(draws.uniform(()) < 0.5, tf.reverse(image, axis=[1]), image)
+    # Bilinear weights are convex: the resized values stay within 0..255.
+    image = tf.cast(tf.round(image), tf.uint8)
+    return tf.cond(draws.uniform(()) < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def _file_pipeline(
@@ -992,31 +1022,57 @@ def _file_pipeline(
     crop_scale: tuple[float, float] | None,
     crop_fraction: float,
     **finish,
-) -> Callable[[int | None], tf.data.Dataset]:
-    """``batches(first_epoch)`` of image files read and decoded per batch (see `_epochs`).
+) -> Callable[..., tf.data.Dataset]:
+    """``batches(first_epoch, worker, workers)`` of image files read and decoded in every
+    epoch, in the order of `_index_batches`.
 
-    A training image with ``crop_scale`` is an Inception crop cut from the file at its full
-    resolution (see `_cropped`); every other image is the central ``crop_fraction`` of its
-    largest centred box of ``size``'s aspect ratio, resized to ``size`` (the short side
+    The images of a batch are read and decoded in parallel, one map call per image. A training
+    image with ``crop_scale`` is an Inception crop cut from the file at its full resolution
+    (see `_cropped`), drawn from the seed, the batch's number and the image's position in it:
+    ``batches(k)`` crops as an uninterrupted stream would have from epoch k on, and each
+    worker's part of a batch as the whole batch would have. ``batches(None)`` draws a new
+    stream number at every iteration. Every other image is the central ``crop_fraction`` of
+    its largest centred box of ``size``'s aspect ratio, resized to ``size`` (the short side
     resized to ``size / crop_fraction``, then the central crop: the standard ImageNet
     evaluation).
     """
     files_t, labels_t = tf.constant(list(files), tf.string), tf.constant(labels)
     view = center_crop(1.0 if train else crop_fraction, size=size)
-    generator = seeding.generator(seed * 16 + 1)
+    index_batches = _index_batches(len(labels), batch_size, seed, train)
+    cropping = train and crop_scale is not None
 
-    def load_one(path):
-        contents = tf.io.read_file(path)
-        if train and crop_scale is not None:
-            return _cropped(contents, generator, size, crop_scale)
+    def load_one(stream, number, position, index):
+        contents = tf.io.read_file(files_t[index])
+        if cropping:
+            key = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(stream, number), position)
+            return _cropped(contents, _Draws(key), size, crop_scale)
         return view(decode(contents)[None])[0]
 
-    def prepare(indices):
-        x = tf.map_fn(load_one, tf.gather(files_t, indices),
-                      fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
-        return _finish(x, tf.gather(labels_t, indices), train=train, **finish)
+    def read(stream, number, positions, indices):
+        images = tf.data.Dataset.from_tensor_slices((positions, indices)).map(
+            lambda position, index: load_one(stream, number, position, index),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return tf.data.Dataset.zip(images.batch(tf.size(indices, out_type=tf.int64)),
+                                   tf.data.Dataset.from_tensors(tf.gather(labels_t, indices)))
 
-    return _epochs(len(labels), batch_size, seed, train, prepare)
+    def batches(first_epoch: int | None = None, worker: int = 0,
+                workers: int = 1) -> tf.data.Dataset:
+        if first_epoch is None and cropping:
+            streams = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        else:
+            streams = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+        dataset = streams.take(1).flat_map(
+            lambda stream: index_batches(first_epoch, worker, workers).flat_map(
+                lambda *batch: read(tf.stack([tf.constant(seed, tf.int64), stream]), *batch)))
+        dataset = dataset.map(lambda x, y: _finish(x, y, train=train, **finish),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if first_epoch is None:
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+                math.ceil(len(labels) / batch_size)))
+        return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
+
+    return batches
 
 
 # Encoded images shuffled together in a streamed training split (read from 16 shards at once,
