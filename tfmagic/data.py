@@ -1038,7 +1038,9 @@ def _file_pipeline(
     """
     files_t, labels_t = tf.constant(list(files), tf.string), tf.constant(labels)
     view = center_crop(1.0 if train else crop_fraction, size=size)
-    index_batches = _index_batches(len(labels), batch_size, seed, train)
+    count = len(labels)
+    steps = math.ceil(count / batch_size)
+    index_batches = _index_batches(count, batch_size, seed, train)
     cropping = train and crop_scale is not None
 
     def load_one(stream, number, position, index):
@@ -1046,15 +1048,10 @@ def _file_pipeline(
         if cropping:
             key = tf.random.experimental.stateless_fold_in(
                 tf.random.experimental.stateless_fold_in(stream, number), position)
-            return _cropped(contents, _Draws(key), size, crop_scale)
-        return view(decode(contents)[None])[0]
-
-    def read(stream, number, positions, indices):
-        images = tf.data.Dataset.from_tensor_slices((positions, indices)).map(
-            lambda position, index: load_one(stream, number, position, index),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return tf.data.Dataset.zip(images.batch(tf.size(indices, out_type=tf.int64)),
-                                   tf.data.Dataset.from_tensors(tf.gather(labels_t, indices)))
+            image = _cropped(contents, _Draws(key), size, crop_scale)
+        else:
+            image = view(decode(contents)[None])[0]
+        return number, image, labels_t[index]
 
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:
@@ -1062,14 +1059,32 @@ def _file_pipeline(
             streams = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         else:
             streams = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-        dataset = streams.take(1).flat_map(
-            lambda stream: index_batches(first_epoch, worker, workers).flat_map(
-                lambda *batch: read(tf.stack([tf.constant(seed, tf.int64), stream]), *batch)))
-        dataset = dataset.map(lambda x, y: _finish(x, y, train=train, **finish),
+
+        def images(stream):
+            key = tf.stack([tf.constant(seed, tf.int64), stream])
+
+            def each(number, positions, indices):
+                n = tf.size(indices, out_type=tf.int64)
+                return tf.fill([n], number), positions, indices
+
+            return index_batches(first_epoch, worker, workers).map(each).unbatch().map(
+                lambda number, position, index: load_one(key, number, position, index),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        def part_size(number):
+            whole = tf.where(number % steps < steps - 1, tf.constant(batch_size, tf.int64),
+                             tf.constant(count - batch_size * (steps - 1), tf.int64))
+            return (whole - worker + workers - 1) // workers
+
+        # Every image in its own map call, in parallel; the batches formed again by number.
+        dataset = streams.take(1).flat_map(images).group_by_window(
+            key_func=lambda number, image, label: number,
+            reduce_func=lambda number, window: window.batch(part_size(number)),
+            window_size_func=part_size)
+        dataset = dataset.map(lambda number, x, y: _finish(x, y, train=train, **finish),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if first_epoch is None:
-            dataset = dataset.apply(tf.data.experimental.assert_cardinality(
-                math.ceil(len(labels) / batch_size)))
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
         return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
 
     return batches
