@@ -58,6 +58,27 @@ def test_training_batches_change_and_evaluation_batches_do_not(change):
         np.testing.assert_array_equal(labels, y_eval_plain.numpy())
 
 
+@pytest.mark.parametrize("change", [
+    dict(augment="autoaugment", crop_scheme="pad_and_crop"),
+    dict(augment="color", crop_scheme="random_resized_crop", cutout=0.4),
+    dict(augment="autoaugment", crop_scheme="none", mixup_alpha=0.2, cutmix_alpha=1.0),
+])
+def test_uint8_images_give_what_their_float32_copies_give(change):
+    """The augmentation says it takes uint8 batches (streamed crops come as uint8): every
+    step gives the same images from them as from float32 copies, draw for draw."""
+    recipe = Recipe(**change)
+    images = np.random.default_rng(4).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    labels = tf.one_hot(np.arange(6) % 10, 10)
+    from_uint8, from_float = (pipeline.build_train_augment(recipe) for _ in range(2))
+    assert from_uint8.accepts_uint8
+    for _ in range(3):
+        a, a_labels = from_uint8(tf.constant(images), labels)
+        b, b_labels = from_float(tf.constant(images, tf.float32), labels)
+        np.testing.assert_array_equal(tf.cast(a, tf.float32).numpy(), b.numpy())
+        np.testing.assert_array_equal(a_labels.numpy(), b_labels.numpy())
+    assert not np.array_equal(tf.cast(a, tf.float32).numpy(), images.astype(np.float32))
+
+
 def test_evaluation_crop_applies_to_evaluation_only():
     recipe = Recipe(augment="none", crop_scheme="none", crop_fraction=0.5)
     plain = _load(Recipe(augment="none", crop_scheme="none"))
@@ -84,10 +105,11 @@ def test_preview_png_shows_originals_and_versions(tmp_path):
     assert pixels.std() > 20
 
 
+# Every regularizer at once in the default run; `pytest -m slow` trains each augmentation.
 @pytest.mark.parametrize("change,floor", [
-    (dict(augment="autoaugment"), 0.55),
-    (dict(augment="color"), 0.55),
-    (dict(augment="none"), 0.55),
+    pytest.param(dict(augment="autoaugment"), 0.55, marks=pytest.mark.slow),
+    pytest.param(dict(augment="color"), 0.55, marks=pytest.mark.slow),
+    pytest.param(dict(augment="none"), 0.55, marks=pytest.mark.slow),
     # Every regularizer at once slows a 2-epoch run down most: three times chance still shows
     # that it learns.
     (dict(augment="autoaugment", cutout=0.4, mixup_alpha=0.2, cutmix_alpha=1.0,

@@ -911,13 +911,16 @@ def _finish(x, y, *, train: bool, augment: Callable | None, eval_transform: Call
             one_hot: int | None, preprocess: Callable | None, mean: tuple[float, ...],
             std: tuple[float, ...]):
     """A batch of 0..255 images after cropping, made float32: labels one-hot when asked, the
-    augmentation (training) or evaluation transform, then preprocessing or normalization."""
-    x = tf.cast(x, tf.float32)
+    augmentation (training) or evaluation transform, then preprocessing or normalization.
+    An augmentation with ``accepts_uint8`` gets uint8 batches as they come (a third of the
+    work for AutoAugment), any other float32."""
     if one_hot:
         y = tf.one_hot(y, one_hot, dtype=tf.float32)
     if train and augment is not None:
+        if x.dtype != tf.uint8 or not getattr(augment, "accepts_uint8", False):
+            x = tf.cast(x, tf.float32)
         x, y = augment(x, y)
-        x = tf.cast(x, tf.float32)
+    x = tf.cast(x, tf.float32)
     if not train and eval_transform is not None:
         x = tf.cast(eval_transform(x), tf.float32)
     if preprocess is not None:
@@ -1349,7 +1352,9 @@ def load(
         channels: 1 or 3; grayscale is tiled to 3 channels. None keeps the dataset's channels.
         augment: ``(images, labels) -> (images, labels)`` applied to training batches only:
             float32 images in 0..255 after resizing, int32 labels; it may return other labels
-            (e.g. soft one-hot). Runs inside the tf.data graph.
+            (e.g. soft one-hot). Runs inside the tf.data graph. A callable with an attribute
+            ``accepts_uint8 = True`` gets the uint8 images of streamed crops as they are,
+            without the float32 copy (`build_train_augment`'s augmentation does).
         eval_batch_size: batch size of validation and test (default ``batch_size``).
         eval_transform: ``images -> images`` applied to validation and test batches (float32,
             0..255, after resizing), e.g. a centre crop; never to training batches.

@@ -75,6 +75,8 @@ def build_train_augment(recipe, resized_crop: bool = True):
             images, labels = step(images, labels)
         return images, labels
 
+    # Every step takes uint8 images as well as float32 ones, with the same result.
+    augment.accepts_uint8 = True
     return augment
 
 
