@@ -113,19 +113,34 @@ def test_a_trial_the_baseline_cannot_run_is_skipped_before_anything_starts(tmp_p
     assert not out.exists()
 
 
+# Trained end to end in the default run (pretrained is skipped: the baseline is no
+# keras.applications model); `test_every_trial_trains` trains them all.
+FEW_TRIALS = ["lr_cosine", "se_off", "pretrained"]
+BOOM = Trial("boom", "boom", "a learning rate that diverges", {"lr": 1e12})
+
+
 @pytest.fixture(scope="module")
 def checklist_run(tmp_path_factory):
-    """The whole checklist on a Fashion-MNIST subset, 2 workers, plus a trial that diverges."""
+    """A few trials of the checklist on a Fashion-MNIST subset, 2 workers, plus a trial that
+    diverges."""
     out = tmp_path_factory.mktemp("checklist") / "out"
-    boom = Trial("boom", "boom", "a learning rate that diverges", {"lr": 1e12})
     result = runner.run(Recipe(**QUICK), str(out), workers=2,
-                        trials=[*TRIAL_NAMES, boom], progress=None)
+                        trials=[*FEW_TRIALS, BOOM], progress=None)
     return result, out
+
+
+@pytest.mark.slow
+def test_every_trial_trains(tmp_path):
+    result = runner.run(Recipe(**QUICK), str(tmp_path / "out"), workers=2, trials=TRIAL_NAMES,
+                        progress=None)
+    assert not result.failed
+    assert {o.key for o in result.completed} == {
+        f"{n}-seed0" for n in ("baseline", *TRIAL_NAMES) if n != "pretrained"}
 
 
 def test_real_checklist_writes_every_result_and_report_row(checklist_run):
     result, out = checklist_run
-    expected = ["baseline", *[n for n in TRIAL_NAMES if n != "pretrained"], "boom"]
+    expected = ["baseline", *[n for n in FEW_TRIALS if n != "pretrained"], "boom"]
     for name in expected:
         run_dir = out / "trials" / name / "seed0"
         assert (run_dir / "result.json").exists(), name
@@ -169,9 +184,8 @@ def test_best_cfg_parses_and_trains(checklist_run, tmp_path):
 def test_finished_checklist_is_not_redone_and_report_only(checklist_run):
     result, out = checklist_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").rglob("*") if p.is_file()}
-    again = runner.run(Recipe(**QUICK), str(out), workers=2,
-                       trials=[*TRIAL_NAMES, Trial("boom", "boom", "a learning rate that "
-                                                   "diverges", {"lr": 1e12})], progress=None)
+    again = runner.run(Recipe(**QUICK), str(out), workers=2, trials=[*FEW_TRIALS, BOOM],
+                       progress=None)
     assert {o.key for o in again.completed} == {o.key for o in result.completed}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     with pytest.raises(runner.ChecklistError, match="another baseline"):
@@ -186,6 +200,7 @@ def _cli(*args, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_continues(tmp_path):
     out = tmp_path / "killed"
     args = ["--train_subset=1000", "--validation_fraction=0.1", "--batch_size=64", "--width=0.25",
@@ -270,6 +285,7 @@ def ray_cluster():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_ray_runner_on_a_local_cluster(ray_cluster, tmp_path):
     out = tmp_path / "ray_out"
     result = runner.run(Recipe(**QUICK), str(out), trials=["ls_0"],
@@ -281,6 +297,7 @@ def test_ray_runner_on_a_local_cluster(ray_cluster, tmp_path):
     assert (out / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_confirm_trains_best_and_leave_one_out_variants(tmp_path):
     out = tmp_path / "confirm"
     slow = Recipe(**{**QUICK, "lr": 0.002})

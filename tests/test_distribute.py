@@ -180,6 +180,7 @@ def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(tmp_
     assert [row["epoch"] for row in csv.DictReader((out / "history.csv").open())] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_multi_worker_resume_after_a_kill_between_the_workers_checkpoints(tmp_path):
     out = tmp_path / "run"
     options = {**SMALL, "train_subset": 600, "epochs": 3}
@@ -244,7 +245,8 @@ EVERY_PART = dict(aux_loss_weight=0.3, drop_path_rate=0.1, se=True, pooling="att
 
 
 @pytest.mark.parametrize("change", [
-    dict(precision="mixed_bfloat16", jit_compile=True, steps_per_execution=4),
+    pytest.param(dict(precision="mixed_bfloat16", jit_compile=True, steps_per_execution=4),
+                 marks=pytest.mark.slow),
     dict(precision="mixed_float16"),
 ])
 def test_mixed_precision_and_xla_with_every_part(change, tmp_path):

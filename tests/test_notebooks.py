@@ -89,6 +89,7 @@ def test_quickstart_trains_with_fit_and_shows_the_schedule_and_the_augmentation(
     assert found["accuracy"] > 0.4
 
 
+@pytest.mark.slow
 def test_checklist_runs_the_trials_shows_the_report_and_trains_best_cfg(tmp_path):
     found, text, images = _execute("02_checklist.ipynb", tmp_path, """{
         "dataset": DATASET, "completed": len(result.completed), "failed": len(result.failed),
@@ -111,6 +112,7 @@ def test_checklist_runs_the_trials_shows_the_report_and_trains_best_cfg(tmp_path
     assert accuracy > 0.4 and found["baseline"] > 0.4
 
 
+@pytest.mark.slow
 def test_upgrade_adds_se_and_leaky_relu_to_mobilenet_v2_and_trains_both(tmp_path):
     found, text, _ = _execute("03_upgrade_your_model.ipynb", tmp_path, """{
         "added_se": added_se, "replaced": replaced_activations, "same": same,

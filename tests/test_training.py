@@ -162,12 +162,13 @@ def test_per_epoch_throughput_is_consistent_with_epoch_time(finished_run):
     assert np.isfinite([float(r["loss"]) for r in _history(out)]).all()
 
 
+# Scheduled decoupled weight decay in the default run; `pytest -m slow` trains them all.
 @pytest.mark.parametrize("change", [
-    dict(lr_schedule="gamma"),
-    dict(lr_schedule="cosine"),
-    dict(optimizer="sgd"),
-    dict(optimizer="adam", lr=2e-3),
-    dict(optimizer="adamw", lr=2e-3, weight_decay=0.05),
+    pytest.param(dict(lr_schedule="gamma"), marks=pytest.mark.slow),
+    pytest.param(dict(lr_schedule="cosine"), marks=pytest.mark.slow),
+    pytest.param(dict(optimizer="sgd"), marks=pytest.mark.slow),
+    pytest.param(dict(optimizer="adam", lr=2e-3), marks=pytest.mark.slow),
+    pytest.param(dict(optimizer="adamw", lr=2e-3, weight_decay=0.05), marks=pytest.mark.slow),
     dict(weight_decay_schedule="cycles", lr_cycles=3, weight_decay_mode="decoupled",
          weight_decay=5e-3),
 ])
