@@ -1,4 +1,5 @@
-"""Real photos for the data tests: crops of the two photos that scikit-learn ships."""
+"""Shared by the data tests: real photos (crops of the two that scikit-learn ships) and
+checks on the batches of a pipeline."""
 
 import numpy as np
 from PIL import Image
@@ -26,3 +27,20 @@ def photo_folder(root, per_class=40, seed=0):
         piece.convert("P").save(folder / "palette.gif")
         piece.convert("CMYK").save(folder / "cmyk.jpg")
     return root
+
+
+def batches(dataset):
+    """The ``(images, labels)`` batches of ``dataset`` as numpy arrays."""
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+def resumed_epochs(splits, steps):
+    """Two epochs streamed from epoch 0, and one from epoch 1, ``steps`` batches an epoch;
+    asserts that the stream from epoch 1 repeats epoch 1 of the stream from epoch 0, batch for
+    batch and pixel for pixel, and returns both."""
+    from_zero = batches(splits.train_from_epoch(0).take(2 * steps))
+    from_one = batches(splits.train_from_epoch(1).take(steps))
+    for (x, y), (x_resumed, y_resumed) in zip(from_zero[steps:], from_one, strict=True):
+        np.testing.assert_array_equal(y, y_resumed)
+        np.testing.assert_array_equal(x, x_resumed)
+    return from_zero, from_one

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-from photos import photo_folder
+from photos import batches, photo_folder, resumed_epochs
 
 from tfmagic import data, records
 from tfmagic.recipe import Recipe
@@ -30,10 +30,6 @@ def shards(photos, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("shards") / "out")
     data.write_tfrecords(f"folder:{photos}", out, shard_bytes=100_000, seed=4)
     return out
-
-
-def _raw(splits):
-    return [(x.numpy(), y.numpy()) for x, y in splits]
 
 
 def _png(value: int, size: int = 8) -> bytes:
@@ -71,7 +67,8 @@ def test_converted_shards_hold_the_folder_and_stream_its_test_split_pixel_for_pi
     assert described["splits"] == {"train": folder.train_size + folder.validation_size,
                                    "test": folder.test_size}
     assert streamed.test_size == folder.test_size
-    for (x, y), (x_folder, y_folder) in zip(_raw(streamed.test), _raw(folder.test), strict=True):
+    for (x, y), (x_folder, y_folder) in zip(batches(streamed.test), batches(folder.test),
+                                            strict=True):
         np.testing.assert_array_equal(y, y_folder)
         np.testing.assert_array_equal(x, x_folder)         # same bytes, same decode and resize
     # Every training shard mixes the classes (records in a seeded order across shards).
@@ -115,11 +112,7 @@ def test_a_streamed_epoch_follows_from_the_seed_and_its_number(shards):
     splits = data.load(f"tfrecord:{shards}", batch_size=8, image_size=32, seed=5,
                        crop_scale=(0.3, 1.0), validation_fraction=0.2)
     steps = -(-splits.train_size // 8)
-    from_zero = _raw(splits.train_from_epoch(0).take(2 * steps))
-    from_one = _raw(splits.train_from_epoch(1).take(steps))
-    for (x, y), (x_resumed, y_resumed) in zip(from_zero[steps:], from_one, strict=True):
-        np.testing.assert_array_equal(y, y_resumed)
-        np.testing.assert_array_equal(x, x_resumed)
+    from_zero, _ = resumed_epochs(splits, steps)
     # Each epoch holds every training record once, in a new order; batches end with it.
     assert [len(y) for _, y in from_zero[:steps]] == [8] * (steps - 1) + [
         splits.train_size - 8 * (steps - 1)]
@@ -149,9 +142,9 @@ def test_label_base_bad_records_and_splits_of_hand_made_shards(tmp_path):
     assert splits.bad_files == (f"{root / records.shard_name('train', 7, 20)}#4",)
     assert splits.train_size + splits.validation_size + splits.test_size == 599
     assert splits.test_size == round(599 / 6)
-    batches = _raw(splits.train)
-    labels = np.concatenate([y for _, y in batches])
-    pixels = np.concatenate([x for x, _ in batches])
+    train_batches = batches(splits.train)
+    labels = np.concatenate([y for _, y in train_batches])
+    pixels = np.concatenate([x for x, _ in train_batches])
     assert set(labels) == {0, 1, 2}
     np.testing.assert_array_equal(pixels[:, 0, 0, 0].astype(int) % 3, labels)
     # The validation records come from the fewest seeded shards holding twice as many.
@@ -255,10 +248,10 @@ def test_each_worker_reads_its_own_shards(tmp_path):
     assert splits.train_size == 100 and splits.test_size == 20
     seen = []
     for worker in range(2):
-        batches = [x.numpy() for x, _ in splits.train_from_epoch(3, worker=worker,
-                                                                  workers=2).take(7)]
-        assert all(len(x) == 4 for x in batches)
-        pixels = np.concatenate(batches)[:, 0, 0, :2].astype(int)
+        parts = [x.numpy() for x, _ in splits.train_from_epoch(3, worker=worker,
+                                                                workers=2).take(7)]
+        assert all(len(x) == 4 for x in parts)
+        pixels = np.concatenate(parts)[:, 0, 0, :2].astype(int)
         seen.append(pixels)
         assert len({tuple(p) for p in pixels}) == len(pixels)       # no record twice
     shards = [set(pixels[:, 0]) for pixels in seen]

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from photos import PHOTOS, photo_folder
+from photos import PHOTOS, batches, photo_folder, resumed_epochs
 from PIL import Image
 
 from tfmagic import data
@@ -20,10 +20,6 @@ from tfmagic.training import train
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     return photo_folder(tmp_path_factory.mktemp("photos"))
-
-
-def _batches(dataset):
-    return [(x.numpy(), y.numpy()) for x, y in dataset]
 
 
 def test_streamed_folder_trains_through_train(photos, tmp_path):
@@ -54,7 +50,7 @@ def test_streamed_evaluation_equals_the_in_memory_path(tmp_path):
     streamed = data.load(f"folder:{root}", cache="none", **common)
     assert not memory.streamed and streamed.streamed
     for name in ("validation", "test"):
-        ours, theirs = _batches(getattr(streamed, name)), _batches(getattr(memory, name))
+        ours, theirs = batches(getattr(streamed, name)), batches(getattr(memory, name))
         assert len(ours) == len(theirs) > 0
         for (x, y), (x_ref, y_ref) in zip(ours, theirs, strict=True):
             np.testing.assert_array_equal(y, y_ref)
@@ -95,12 +91,8 @@ def test_a_streamed_folder_crops_by_epoch_and_position_so_resumes_and_workers_ag
     splits = data.load(f"folder:{photos}", cache="none", batch_size=16, image_size=32,
                        crop_scale=(0.25, 1.0), validation_fraction=0.0, seed=3)
     steps = -(-splits.train_size // 16)
-    from_zero = _batches(splits.train_from_epoch(0).take(2 * steps))
-    from_one = _batches(splits.train_from_epoch(1).take(steps))
-    for (x, y), (x_resumed, y_resumed) in zip(from_zero[steps:], from_one, strict=True):
-        np.testing.assert_array_equal(y, y_resumed)
-        np.testing.assert_array_equal(x, x_resumed)
-    halves = [_batches(splits.train_from_epoch(1, worker=w, workers=2).take(steps))
+    _, from_one = resumed_epochs(splits, steps)
+    halves = [batches(splits.train_from_epoch(1, worker=w, workers=2).take(steps))
               for w in (0, 1)]
     for (x, y), (x0, y0), (x1, y1) in zip(from_one, *halves, strict=True):
         np.testing.assert_array_equal(x[0::2], x0)
@@ -108,7 +100,7 @@ def test_a_streamed_folder_crops_by_epoch_and_position_so_resumes_and_workers_ag
         np.testing.assert_array_equal(y[0::2], y0)
         np.testing.assert_array_equal(y[1::2], y1)
     # Two iterations of the one-epoch dataset crop differently: a new stream each time.
-    first, second = _batches(splits.train), _batches(splits.train)
+    first, second = batches(splits.train), batches(splits.train)
     assert len(first) == steps and not np.array_equal(first[0][0], second[0][0])
 
 
