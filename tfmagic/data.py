@@ -912,8 +912,8 @@ def _finish(x, y, *, train: bool, augment: Callable | None, eval_transform: Call
             std: tuple[float, ...]):
     """A batch of 0..255 images after cropping, made float32: labels one-hot when asked, the
     augmentation (training) or evaluation transform, then preprocessing or normalization.
-    An augmentation with ``accepts_uint8`` gets uint8 batches as they come (a third of the
-    work for AutoAugment), any other float32."""
+    An augmentation with ``accepts_uint8`` gets uint8 batches as they come (AutoAugment's
+    operations are cheaper on them), any other float32."""
     if one_hot:
         y = tf.one_hot(y, one_hot, dtype=tf.float32)
     if train and augment is not None:
