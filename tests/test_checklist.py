@@ -124,15 +124,15 @@ def checklist_run(tmp_path_factory):
     """A few trials of the checklist on a Fashion-MNIST subset, 2 workers, plus a trial that
     diverges."""
     out = tmp_path_factory.mktemp("checklist") / "out"
-    result = runner.run(Recipe(**QUICK), str(out), workers=2,
+    result = runner.run(Recipe(**QUICK), str(out), workers=2, seeds=1,
                         trials=[*FEW_TRIALS, BOOM], progress=None)
     return result, out
 
 
 @pytest.mark.slow
 def test_every_trial_trains(tmp_path):
-    result = runner.run(Recipe(**QUICK), str(tmp_path / "out"), workers=2, trials=TRIAL_NAMES,
-                        progress=None)
+    result = runner.run(Recipe(**QUICK), str(tmp_path / "out"), workers=2, seeds=1,
+                        trials=TRIAL_NAMES, progress=None)
     assert not result.failed
     assert {o.key for o in result.completed} == {
         f"{n}-seed0" for n in ("baseline", *TRIAL_NAMES) if n != "pretrained"}
@@ -184,8 +184,8 @@ def test_best_cfg_parses_and_trains(checklist_run, tmp_path):
 def test_finished_checklist_is_not_redone_and_report_only(checklist_run):
     result, out = checklist_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").rglob("*") if p.is_file()}
-    again = runner.run(Recipe(**QUICK), str(out), workers=2, trials=[*FEW_TRIALS, BOOM],
-                       progress=None)
+    again = runner.run(Recipe(**QUICK), str(out), workers=2, seeds=1,
+                       trials=[*FEW_TRIALS, BOOM], progress=None)
     assert {o.key for o in again.completed} == {o.key for o in result.completed}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     with pytest.raises(runner.ChecklistError, match="another baseline"):
@@ -205,7 +205,7 @@ def test_kill_9_then_the_same_command_continues(tmp_path):
     out = tmp_path / "killed"
     args = ["--train_subset=1000", "--validation_fraction=0.1", "--batch_size=64", "--width=0.25",
             "--epochs=4", "--augment=none", "--crop_scheme=none", f"--out={out}",
-            "--trials=ls_0", "--workers=1"]
+            "--trials=ls_0", "--workers=1", "--seeds=auto", "--max_seeds=2"]
     process = _cli(*args)
     second = out / "trials" / "ls_0" / "seed0"
     deadline = time.time() + 300
@@ -223,7 +223,7 @@ def test_kill_9_then_the_same_command_continues(tmp_path):
     process = _cli(*args)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
-    assert "1 of 2 runs already done" in output
+    assert "1 of 4 runs already done" in output      # seed 0 of both first, then seed 1
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == stamps
     resumed = json.loads((second / "result.json").read_text())
     assert resumed["status"] == "completed"
@@ -239,11 +239,17 @@ def test_kill_9_then_the_same_command_continues(tmp_path):
     assert (out / "report.md").read_text().split("## Time")[0] == text.split("## Time")[0]
 
 
-def test_bad_checklist_flags_are_usage_errors(tmp_path):
-    process = _cli("--trials=lr_gamma,lr_onecycle", f"--out={tmp_path / 'x'}")
+@pytest.mark.parametrize("flags,message", [
+    (["--trials=lr_gamma,lr_onecycle"], "trials=lr_onecycle is not allowed"),
+    (["--seeds=three"], "--seeds=three is not allowed: 'auto' or an integer >= 1"),
+    (["--seeds=0"], "seeds=0 is not allowed: 'auto' or an integer >= 1"),
+    (["--max_seeds=1"], "max_seeds"),
+])
+def test_bad_checklist_flags_are_usage_errors(tmp_path, flags, message):
+    process = _cli(*flags, f"--out={tmp_path / 'x'}")
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 1
-    assert "trials=lr_onecycle is not allowed" in output
+    assert message in output
     assert not (tmp_path / "x").exists()
 
 
@@ -251,7 +257,7 @@ def test_print_commands_writes_flagfiles_that_match_the_trials(tmp_path):
     out = tmp_path / "printed"
     done = subprocess.run(
         [sys.executable, "-m", "tfmagic.cli.checklist", "--epochs=2", f"--out={out}",
-         "--seeds=2", "--print_commands"],
+         "--validation_fraction=0", "--print_commands"],
         capture_output=True, text=True, check=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
@@ -259,7 +265,11 @@ def test_print_commands_writes_flagfiles_that_match_the_trials(tmp_path):
     assert len(lines) == 2 * 15
     assert all(line.startswith("tfmagic-train --flagfile=") for line in lines)
     recipes = [Recipe.from_flagfile(line.split("=", 1)[1]) for line in lines]
-    assert {r.seed for r in recipes} == {0, 1}
+    assert {r.seed for r in recipes} == {0, 1}               # --seeds=auto starts with 2
+    assert {r.validation_fraction for r in recipes} == {0.1}  # verdicts need validation
+    plan = json.loads((out / "plan.json").read_text())
+    assert "no validation split" in plan["notes"][0]
+    assert {t["seeds"] for t in plan["trials"]} == {2}
     lr_gamma = [r for r in recipes if r.output_dir.endswith("lr_gamma/seed1")]
     assert len(lr_gamma) == 1 and lr_gamma[0].lr_schedule == "gamma"
     assert not (out / "trials").exists()
@@ -288,7 +298,7 @@ def ray_cluster():
 @pytest.mark.slow
 def test_ray_runner_on_a_local_cluster(ray_cluster, tmp_path):
     out = tmp_path / "ray_out"
-    result = runner.run(Recipe(**QUICK), str(out), trials=["ls_0"],
+    result = runner.run(Recipe(**QUICK), str(out), trials=["ls_0"], seeds=1,
                         runner="ray", ray_address=ray_cluster, progress=None)
     assert sorted(o.key for o in result.completed) == ["baseline-seed0", "ls_0-seed0"]
     for name in ("baseline", "ls_0"):
@@ -303,7 +313,8 @@ def test_confirm_trains_best_and_leave_one_out_variants(tmp_path):
     slow = Recipe(**{**QUICK, "lr": 0.002})
     trials = [Trial("lr_up", "lr", "a working learning rate", {"lr": 0.1}),
               Trial("epochs_up", "epochs", "twice the epochs", {"epochs": 6})]
-    result = runner.run(slow, str(out), workers=2, trials=trials, confirm=True, progress=None)
+    result = runner.run(slow, str(out), workers=2, seeds=1, trials=trials, confirm=True,
+                        progress=None)
     assert not result.failed
     best, merged = report.best_recipe(out)
     assert sorted(merged) == ["epochs_up", "lr_up"]

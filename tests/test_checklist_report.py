@@ -14,7 +14,15 @@ from scipy import stats as scipy_stats
 
 from tfmagic.checklist import runner
 from tfmagic.checklist.report import best_recipe, collect, read_run, write_report
-from tfmagic.checklist.stats import Verdict, verdict, welch_t_test
+from tfmagic.checklist.stats import (
+    Verdict,
+    distance_to_decision,
+    holm,
+    judge,
+    undecided,
+    verdict,
+    welch_t_test,
+)
 from tfmagic.checklist.trials import Trial
 from tfmagic.recipe import Recipe
 from tfmagic.training import TrainResult
@@ -31,6 +39,35 @@ def reference_welch(baseline, trial):
     statistic = (t.mean() - b.mean()) / se
     df = (vb + vt) ** 2 / (vb**2 / (len(b) - 1) + vt**2 / (len(t) - 1))
     return t.mean() - b.mean(), se, 2 * scipy_stats.t.sf(abs(statistic), df)
+
+
+def reference_interval(baseline, trial):
+    """The 95% Welch interval of mean(trial) - mean(baseline), written out."""
+    b, t = np.asarray(baseline), np.asarray(trial)
+    vb, vt = b.var(ddof=1) / len(b), t.var(ddof=1) / len(t)
+    df = (vb + vt) ** 2 / (vb**2 / (len(b) - 1) + vt**2 / (len(t) - 1))
+    half = scipy_stats.t.isf(0.025, df) * math.sqrt(vb + vt)
+    return t.mean() - b.mean() - half, t.mean() - b.mean() + half
+
+
+def reference_holm(p_values):
+    """Holm's adjusted p-values: sorted, scaled by m, m-1, ..., 1, made monotone, capped."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    scaled = np.minimum(1.0, np.maximum.accumulate(p[order] * np.arange(len(p), 0, -1)))
+    out = np.empty_like(p)
+    out[order] = scaled
+    return out
+
+
+def expected_verdicts(baseline, trials):
+    """name -> (label, Holm-adjusted p) for trials with at least 2 values, independently."""
+    tested = {name: values for name, values in trials.items() if len(values) > 1}
+    raw = {name: reference_welch(baseline, values) for name, values in tested.items()}
+    adjusted = dict(zip(tested, reference_holm([raw[n][2] for n in tested]), strict=True))
+    return {name: ("no clear difference" if adjusted[name] >= 0.05 else
+                   "better" if raw[name][0] > 0 else "worse", adjusted[name])
+            for name in tested}
 
 
 # --- stats ------------------------------------------------------------------------------
@@ -54,8 +91,10 @@ def test_clearly_worse():
     trial = [0.75, 0.77, 0.76]
     delta, se, p = reference_welch(BASE, trial)
     result = verdict(BASE, trial)
+    low, high = reference_interval(BASE, trial)
     assert result == Verdict("worse", pytest.approx(delta), pytest.approx(se),
-                             pytest.approx(p), True)
+                             pytest.approx(p), True, pytest.approx(low), pytest.approx(high),
+                             None, 3, 3)
     assert result.delta_mean == pytest.approx(-0.045) and result.p_value < 0.01
 
 
@@ -119,16 +158,20 @@ def test_bad_arguments_name_the_argument(call, words):
 # --- a checklist directory built from real run files ------------------------------------
 
 
-def write_run(run_dir, test_accuracy, *, wall_time_s=100.0, validation=True, status="completed"):
-    """A finished train() directory: result.json and a 5-epoch history.csv."""
+def write_run(run_dir, val_accuracy, test_accuracy=None, *, wall_time_s=100.0, validation=True,
+              status="completed", in_result=True):
+    """A finished train() directory: result.json and a 5-epoch history.csv whose last
+    validation accuracy is val_accuracy (the test accuracy is 1 point lower unless given).
+    in_result=False leaves val_accuracy out of result.json, as runs of older versions did."""
+    test_accuracy = round(val_accuracy - 0.01, 6) if test_accuracy is None else test_accuracy
     run_dir.mkdir(parents=True)
     columns = ["epoch", "accuracy", "loss", "learning_rate", "weight_decay", "epoch_time_s",
                "train_images_per_s"] + (["val_accuracy", "val_loss"] if validation else [])
     rows = []
     for epoch in range(5):
-        accuracy = test_accuracy * (0.6 + 0.09 * epoch)
+        accuracy = val_accuracy * (0.6 + 0.1 * epoch)
         values = [epoch, accuracy, 1.5 - accuracy, 0.1 / (epoch + 1), 5e-4, 20.0, 900.0]
-        rows.append(values + ([accuracy + 0.01, 1.4 - accuracy] if validation else []))
+        rows.append(values + ([accuracy, 1.4 - accuracy] if validation else []))
     (run_dir / "history.csv").write_text(
         ",".join(columns) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     diverged = status == "diverged"
@@ -136,7 +179,9 @@ def write_run(run_dir, test_accuracy, *, wall_time_s=100.0, validation=True, sta
         "status": status, "output_dir": str(run_dir),
         "test_accuracy": None if diverged else test_accuracy,
         "test_loss": None if diverged else 1.0 - test_accuracy / 2,
-        "best_val_accuracy": (test_accuracy + 0.01) if validation and not diverged else None,
+        "best_val_accuracy": val_accuracy if validation and not diverged else None,
+        **({"val_accuracy": val_accuracy if validation and not diverged else None}
+           if in_result else {}),
         "epochs_run": 5, "wall_time_s": wall_time_s, "train_images_per_s": 900.0,
         "params": 69426, "resumed_from_epoch": 0, "recipe": {}, "versions": {},
     }
@@ -150,7 +195,8 @@ def write_failure(run_dir, status, reason):
 
 def make_checklist(out, seeds, trials, skipped=()):
     """plan.json + baseline.cfg; trials: (name, group, change, [per-seed outcome]) where an
-    outcome is an accuracy, None (pending), ("failed"|"skipped", reason) or "diverged"."""
+    outcome is a validation accuracy, (validation accuracy, test accuracy), None (pending),
+    ("failed"|"skipped", reason) or "diverged"."""
     baseline = Recipe(train_subset=2000, epochs=5, output_dir=str(out / "trials/baseline"))
     out.mkdir(parents=True, exist_ok=True)
     baseline.to_flagfile(out / "baseline.cfg")
@@ -162,6 +208,8 @@ def make_checklist(out, seeds, trials, skipped=()):
             run_dir = out / "trials" / name / f"seed{k}"
             if isinstance(outcome, float):
                 write_run(run_dir, outcome, wall_time_s=100.0 + 10 * k)
+            elif isinstance(outcome, tuple) and isinstance(outcome[0], float):
+                write_run(run_dir, *outcome, wall_time_s=100.0 + 10 * k)
             elif outcome == "diverged":
                 write_run(run_dir, 0.1, wall_time_s=30.0, status="diverged")
             elif outcome is not None:
@@ -231,10 +279,13 @@ def test_collect_counts_seeds_and_states(checklist):
     assert summaries["adam"].reasons == ["seed 0 failed: diverged (the loss became NaN or "
                                          "infinite)"]
     gamma = summaries["lr_gamma"]
-    assert gamma.test_accuracy_mean == pytest.approx(0.855)
+    assert gamma.val_accuracy_mean == pytest.approx(0.855)
+    assert gamma.val_accuracy_std == pytest.approx(0.005)
+    assert gamma.test_accuracy_mean == pytest.approx(0.845)
     assert gamma.test_accuracy_std == pytest.approx(0.005)
-    assert gamma.best_val_accuracy_mean == pytest.approx(0.865)
-    assert gamma.test_loss_mean == pytest.approx(1 - 0.855 / 2)
+    assert gamma.best_val_accuracy_mean == pytest.approx(0.855)
+    assert gamma.test_loss_mean == pytest.approx(1 - 0.845 / 2)
+    assert (gamma.seeds_planned, gamma.verdict.seeds, gamma.verdict.baseline_seeds) == (3, 3, 3)
     assert gamma.wall_time_mean_s == pytest.approx(110.0)
     assert gamma.params == 69426
     assert gamma.verdict.label == "better"
@@ -263,24 +314,42 @@ def test_report_files(checklist):
 
     row = table_row(markdown, "baseline")
     assert row[2] == accuracy_text(BASE) == "80.50 ± 0.50"
-    for name in ("lr_gamma", "lr_cosine", "wd_cycles", "cutout", "mixup"):
-        delta, _, p = reference_welch(BASE, by_name[name])
+    assert row[8] == accuracy_text(np.subtract(BASE, 0.01)) == "79.50 ± 0.50"
+    judged = {name: [v for v in by_name[name] if isinstance(v, float)] for name in
+              ("lr_gamma", "lr_cosine", "wd_cycles", "cutout", "mixup", "crop_rrc", "adam")}
+    expected = expected_verdicts(BASE, judged)
+    assert len(expected) == 7                          # the family Holm adjusts over
+    for name, values in judged.items():
+        delta, _, _ = reference_welch(BASE, values)
+        low, high = reference_interval(BASE, values)
+        label, adjusted = expected[name]
         row = table_row(markdown, name)
-        assert row[2] == accuracy_text(by_name[name])
+        assert row[2].split(" (")[0] == accuracy_text(values)
         assert row[3] == f"{100 * delta:+.2f}"
-        assert row[4] == ("<0.001" if p < 0.001 else f"{p:.3f}")
-        expected = "no clear difference" if p >= 0.05 else ("better" if delta > 0 else "worse")
-        assert row[5] == expected
+        assert row[4] == f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+        assert row[5] == f"{len(values)} vs 3"
+        assert row[6] == ("<0.001" if adjusted < 0.001 else f"{adjusted:.3f}")
+        assert row[7].split(" (")[0] == label
+        undecided = (low < -0.003 and high > 0.003) or label == "no clear difference" and (
+            (low > 0 and high > 0.003) or (high < 0 and low < -0.003))
+        assert row[7].endswith(" (undecided)") == undecided, name
+        assert row[8] == accuracy_text(np.subtract(values, 0.01))
     assert table_row(markdown, "lr_gamma")[1] == "lr_schedule: cosine_power_cycles -> gamma"
-    assert table_row(markdown, "lr_gamma")[3:6] == ["+5.00", "<0.001", "better"]
-    assert table_row(markdown, "cutout")[5] == "worse"
-    assert table_row(markdown, "mixup")[5] == "no clear difference"
-    assert table_row(markdown, "lr_gamma")[6] == "1m 50s"
+    assert table_row(markdown, "lr_gamma")[3] == "+5.00"
+    assert table_row(markdown, "lr_gamma")[7] == "better"
+    assert table_row(markdown, "cutout")[7] == "worse"
+    assert table_row(markdown, "mixup")[7] == "no clear difference (undecided)"
+    assert table_row(markdown, "lr_gamma")[9] == "1m 50s"
     assert table_row(markdown, "crop_rrc")[2] == "81.25 ± 0.35 (2 of 3 seeds)"
-    assert table_row(markdown, "no_smoothing")[5] == "pending"
-    assert table_row(markdown, "augment_color")[5] == "failed"
+    assert table_row(markdown, "no_smoothing")[7] == "pending"
+    assert table_row(markdown, "augment_color")[7] == "failed"
     assert table_row(markdown, "pretrained")[1:3] == ["—", "—"]
-    assert table_row(markdown, "pretrained")[5] == "skipped"
+    assert table_row(markdown, "pretrained")[7] == "skipped"
+    # Ranked: the baseline, then the judged trials by Δ, largest gain first, then the rest.
+    order = [line.split(" | ")[0].lstrip("| ") for line in markdown.splitlines()
+             if line.startswith("| ") and " | " in line]
+    ranking = sorted(judged, key=lambda n: -np.mean(judged[n]))
+    assert order[1:2 + len(ranking)] == ["baseline", *ranking]
     assert ("- `augment_color` (failed): seeds 0, 1, 2 failed: ResourceExhaustedError: out of "
             "memory") in markdown
     assert "- `crop_none` (skipped): seeds 0, 1, 2 skipped: not on this machine" in markdown
@@ -292,7 +361,8 @@ def test_report_files(checklist):
                 if isinstance(v, float)) + 30.0
     assert total == 3440.0
     assert "Training time: 57m 20s in all" in markdown and "Elapsed: 1h 01m." in markdown
-    assert "Welch's two-sided t-test" in markdown
+    assert "Welch's two-sided t-test" in markdown and "Holm's method" in markdown
+    assert "chosen on the **validation** split" in markdown
 
     with open(out / "summary.csv", newline="") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}
@@ -301,17 +371,25 @@ def test_report_files(checklist):
         values = [v for v in outcomes if isinstance(v, float)]
         row = rows[name]
         assert json.loads(row["change"]) == change
+        assert row["seeds_planned"] == "3"
         if values:
-            assert float(row["test_accuracy_mean"]) == pytest.approx(np.mean(values))
+            assert float(row["val_accuracy_mean"]) == pytest.approx(np.mean(values))
+            assert float(row["test_accuracy_mean"]) == pytest.approx(np.mean(values) - 0.01)
         else:
             assert row["test_accuracy_mean"] == "" and row["verdict"] == ""
-        if len(values) > 1 and name != "baseline":
+        if name in expected:
             delta, se, p = reference_welch(BASE, values)
+            assert float(row["val_accuracy_std"]) == pytest.approx(np.std(values, ddof=1))
             assert float(row["test_accuracy_std"]) == pytest.approx(np.std(values, ddof=1))
             assert float(row["delta_mean"]) == pytest.approx(delta)
             assert float(row["delta_std"]) == pytest.approx(se)
+            assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx(
+                reference_interval(BASE, values))
             assert float(row["p_value"]) == pytest.approx(p)
+            assert float(row["p_adjusted"]) == pytest.approx(expected[name][1])
+            assert row["verdict"] == expected[name][0]
             assert row["reliable"] == "true"
+    assert rows["mixup"]["undecided"] == "true" and rows["lr_gamma"]["undecided"] == "false"
     assert rows["lr_gamma"]["verdict"] == "better" and rows["lr_gamma"]["status"] == "completed"
     assert rows["augment_color"]["reasons"] == (
         "seeds 0, 1, 2 failed: ResourceExhaustedError: out of memory")
@@ -345,15 +423,28 @@ def test_confirm_section(checklist):
     confirm = markdown[markdown.index("## Do the winners combine?"):]
     best = [0.87, 0.875, 0.88]
     without_gamma = [0.835, 0.84, 0.845]
-    gap, _, p = reference_welch(best, without_gamma)
+    without_wd = [0.865, 0.875, 0.88]
+    gap = reference_welch(best, without_gamma)[0]
+    expected = expected_verdicts(best, {"confirm_without_lr_gamma": without_gamma,
+                                        "confirm_without_wd_cycles": without_wd})
     row = table_row(confirm, "confirm_without_lr_gamma")
     assert row[1] == "lr_gamma" and row[2] == accuracy_text(without_gamma)
-    assert row[5:] == [f"{100 * gap:+.2f}", "<0.001" if p < 0.001 else f"{p:.3f}", "worse"]
-    assert table_row(confirm, "confirm_without_wd_cycles")[7] == "no clear difference"
-    assert table_row(confirm, "confirm_best")[4] == "better"
-    assert "best.cfg against the baseline: better (+7.00 points, p < 0.001)." in confirm
-    assert "`lr_gamma` helps on top of the others: leaving it out changes test accuracy by " \
-           f"{100 * gap:+.2f} points." in confirm
+    assert row[3] == accuracy_text(np.subtract(without_gamma, 0.01))
+    adjusted = expected["confirm_without_lr_gamma"][1]
+    assert row[6:] == [f"{100 * gap:+.2f}",
+                       "<0.001" if adjusted < 0.001 else f"{adjusted:.3f}", "worse"]
+    assert expected["confirm_without_lr_gamma"][0] == "worse"
+    assert table_row(confirm, "confirm_without_wd_cycles")[8] == "no clear difference"
+    assert table_row(confirm, "confirm_best")[5] == "better"
+    baseline_p = expected_verdicts(BASE, {"best": best, "without_gamma": without_gamma,
+                                          "without_wd": without_wd})["best"][1]
+    clause = "p < 0.001" if baseline_p < 0.001 else f"p = {baseline_p:.3f}"
+    assert (f"best.cfg against the baseline on validation: better (+7.00 points, {clause})."
+            ) in confirm
+    assert ("best.cfg's test accuracy, the number to report: 86.50 ± 0.50% over 3 seeds "
+            "(the baseline's: 79.50 ± 0.50%).") in confirm
+    assert "`lr_gamma` helps on top of the others: leaving it out changes validation " \
+           f"accuracy by {100 * gap:+.2f} points." in confirm
     assert "`wd_cycles` adds nothing clear on top of the others" in confirm
     assert "Elapsed" not in markdown
 
@@ -392,11 +483,11 @@ def test_single_seed_warning_and_unreliable_verdicts(tmp_path):
     ])
     report = write_report(out)
     markdown = (out / "report.md").read_text()
-    assert "**With one seed per trial the verdicts are unreliable**" in markdown
+    assert "**Verdicts marked unreliable rest on a single seed**" in markdown
     assert table_row(markdown, "baseline")[2] == "80.00"
-    assert table_row(markdown, "lr_gamma")[2:6] == ["81.00", "+1.00", "n/a",
+    assert table_row(markdown, "lr_gamma")[2:8] == ["81.00", "+1.00", "—", "1 vs 1", "n/a",
                                                     "better (unreliable)"]
-    assert table_row(markdown, "cutout")[5] == "no clear difference (unreliable)"
+    assert table_row(markdown, "cutout")[7] == "no clear difference (unreliable)"
     with open(out / "summary.csv", newline="") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}
     assert rows["lr_gamma"]["reliable"] == "false" and rows["lr_gamma"]["p_value"] == ""
@@ -485,11 +576,11 @@ def test_unreadable_runs_are_reported_and_the_rest_of_the_report_is_written(tmp_
             "not \"failed\" or \"skipped\"; fix it, or remove it to try this seed again"
             ) in problems
 
-    assert table_row(markdown, "lr_gamma")[2:6] == [accuracy_text([0.85, 0.86, 0.855]),
-                                                    "+5.00", "<0.001", "better"]
+    assert table_row(markdown, "lr_gamma")[2:4] == [accuracy_text([0.85, 0.86, 0.855]), "+5.00"]
+    assert table_row(markdown, "lr_gamma")[7] == "better"
     assert table_row(markdown, "lr_cosine")[2] == "82.50 ± 0.71 (2 of 3 seeds)"
-    assert table_row(markdown, "wd_cycles")[5] == "unreadable"
-    assert table_row(markdown, "mixup")[5] == "unreadable"
+    assert table_row(markdown, "wd_cycles")[7] == "unreadable"
+    assert table_row(markdown, "mixup")[7] == "unreadable"
     assert "6 trials: 2 completed, 2 partial, 2 unreadable." in markdown
     assert report.best_trials == ["lr_gamma"]
     with open(out / "summary.csv", newline="") as f:
@@ -498,7 +589,7 @@ def test_unreadable_runs_are_reported_and_the_rest_of_the_report_is_written(tmp_
                                                  "unreadable", "partial", "unreadable"]
     assert (rows["wd_cycles"]["seeds_failed"], rows["wd_cycles"]["seeds_done"]) == ("3", "0")
     assert rows["cutout"]["seeds_done"] == "2" and rows["cutout"]["seeds_failed"] == "1"
-    assert float(rows["lr_cosine"]["test_accuracy_mean"]) == pytest.approx(0.825)
+    assert float(rows["lr_cosine"]["val_accuracy_mean"]) == pytest.approx(0.825)
     assert rows["lr_gamma"]["verdict"] == "better"
     assert "trials/cutout/seed0/result.json is not a result" in rows["cutout"]["reasons"]
 
@@ -565,5 +656,178 @@ def test_the_runner_reports_an_unreadable_run_and_leaves_it_alone(tmp_path):
         "or remove it to try this seed again")
     stream = io.StringIO()
     runner._Progress(stream, 1).start(1, [runner.job_state(job)])
-    assert (f"tfmagic-checklist: baseline-seed0: failed, not run again: "
+    assert (f"tfmagic-checklist: baseline seed0: failed, not run again: "
             f"{result.parent / 'failure.json'} is not a failure record") in stream.getvalue()
+
+
+# --- selection on validation, multiple comparisons ------------------------------------
+
+
+def test_verdicts_ranking_and_best_cfg_follow_validation_not_test(tmp_path):
+    out = tmp_path / "out"
+    base = [(0.800, 0.800), (0.805, 0.805), (0.810, 0.810)]
+    # lr_gamma wins on validation and loses on test; lr_cosine the other way round.
+    baseline = make_checklist(out, 3, [
+        ("baseline", "baseline", {}, base),
+        ("lr_gamma", "lr", {"lr_schedule": "gamma"}, [(0.85, 0.75), (0.86, 0.76), (0.855, 0.755)]),
+        ("lr_cosine", "lr", {"lr_schedule": "cosine"},
+         [(0.75, 0.85), (0.76, 0.86), (0.755, 0.855)]),
+        ("ls_0", "loss", {"label_smoothing": 0.0}, [(0.80, 0.90), (0.805, 0.91), (0.81, 0.905)]),
+    ])
+    report = write_report(out)
+    verdicts = {s.name: s.verdict.label for s in report.summaries if s.verdict}
+    assert verdicts == {"lr_gamma": "better", "lr_cosine": "worse",
+                        "ls_0": "no clear difference"}
+    assert report.best_trials == ["lr_gamma"]
+    assert Recipe.from_flagfile(out / "best.cfg") == dataclasses.replace(
+        baseline, lr_schedule="gamma", output_dir=str(out / "best"))
+    markdown = (out / "report.md").read_text()
+    rows = [line.split(" | ")[0].lstrip("| ") for line in markdown.splitlines()
+            if line.startswith(("| baseline", "| lr_", "| ls_"))]
+    assert rows == ["baseline", "lr_gamma", "ls_0", "lr_cosine"]
+    assert table_row(markdown, "lr_gamma")[8] == "75.50 ± 0.50"      # test, for information
+
+
+def test_runs_that_predate_val_accuracy_in_result_json_read_their_history(tmp_path):
+    out = tmp_path / "out"
+    make_checklist(out, 2, [("baseline", "baseline", {}, [None, None]),
+                            ("ls_0", "loss", {"label_smoothing": 0.0}, [None, None])])
+    for name, values in (("baseline", (0.80, 0.81)), ("ls_0", (0.84, 0.85))):
+        for k, value in enumerate(values):
+            write_run(out / "trials" / name / f"seed{k}", value, in_result=False)
+    summaries = {s.name: s for s in collect(out)}
+    assert summaries["ls_0"].val_accuracies == pytest.approx([0.84, 0.85])
+    assert summaries["ls_0"].verdict.delta_mean == pytest.approx(0.04)
+
+
+def test_runs_without_a_validation_split_get_no_verdict(tmp_path):
+    out = tmp_path / "out"
+    make_checklist(out, 2, [("baseline", "baseline", {}, [0.80, 0.81]),
+                            ("ls_0", "loss", {"label_smoothing": 0.0}, [None, None])])
+    for k in range(2):
+        write_run(out / "trials" / "ls_0" / f"seed{k}", 0.9, validation=False)
+    ls_0 = {s.name: s for s in collect(out)}["ls_0"]
+    assert ls_0.verdict is None and ls_0.test_accuracy_mean == pytest.approx(0.89)
+    assert ls_0.reasons == ["2 finished seed(s) without a validation split: verdicts read "
+                            "validation accuracy only"]
+
+
+def test_holm_matches_an_independent_computation():
+    p = [0.01, 0.04, 0.03, 0.005, 0.5, 0.2]
+    assert holm(p) == pytest.approx(list(reference_holm(p)))
+    assert holm([]) == []
+    assert holm([0.3]) == [0.3]
+
+
+def test_fifteen_noise_trials_are_rarely_called_and_a_real_effect_is_found():
+    """15 trials of pure seed noise (0.3 points of standard deviation), 5 seeds a side,
+    checklists drawn from a fixed seed: Holm keeps the share of checklists with any false
+    "better" or "worse" at or below alpha = 5%, where testing each trial alone calls one in
+    about a third of them (a little less than 1 - 0.95^15 = 54%: the trials share the
+    baseline's seeds, so their tests are correlated). A real effect of 1.5 points (5
+    standard deviations) is still found in nearly every checklist."""
+    rng = np.random.default_rng(20261203)
+    checklists, with_false_call, uncorrected, found = 400, 0, 0, 0
+    for _ in range(checklists):
+        baseline = 0.9 + 0.003 * rng.standard_normal(5)
+        noise = {f"t{i}": 0.9 + 0.003 * rng.standard_normal(5) for i in range(15)}
+        verdicts = judge(baseline, {**noise, "real": 0.915 + 0.003 * rng.standard_normal(5)})
+        with_false_call += any(verdicts[name].label != "no clear difference" for name in noise)
+        uncorrected += any(verdicts[name].p_value < 0.05 for name in noise)
+        found += verdicts["real"].label == "better"
+    # Binomial(400, 0.05) exceeds 32 with probability below 0.1%.
+    assert with_false_call <= 32, with_false_call
+    assert uncorrected >= 100, uncorrected
+    assert found >= 0.9 * checklists, found
+
+
+def test_undecided_and_distance_to_decision():
+    wide = verdict([0.80, 0.81], [0.80, 0.82])
+    assert undecided(wide) and distance_to_decision(wide) > 1
+    tight = verdict([0.800, 0.801, 0.800], [0.800, 0.800, 0.801])   # within +-0.3 points
+    assert not undecided(tight) and distance_to_decision(tight) < 1
+    gain = verdict([0.80, 0.801, 0.802], [0.81, 0.811, 0.812])
+    assert gain.label == "better" and not undecided(gain)
+    withheld = dataclasses.replace(gain, label="no clear difference")   # as Holm may leave it
+    assert undecided(withheld)
+    assert undecided(verdict([0.80], [0.90])) and distance_to_decision(verdict([0.8], [0.9])) \
+        == math.inf
+    low, high = wide.ci_low, wide.ci_high
+    assert distance_to_decision(wide) == pytest.approx(
+        (high - low) / 2 / (0.003 + abs(wide.delta_mean)))
+
+
+# --- seeds=auto ------------------------------------------------------------------------
+
+
+def test_auto_seeds_go_to_undecided_trials_closest_first_and_stop_at_max_seeds(tmp_path):
+    out = tmp_path / "out"
+    base = [0.8000, 0.8002]
+    trials = {
+        "clear_gain": [0.8500, 0.8502],        # decided: better
+        "no_effect": [0.8001, 0.8003],         # decided: within +-0.3 points
+        "close": [0.795, 0.81],                # undecided, nearly decided
+        "far": [0.70, 0.90],                   # undecided, far from it
+    }
+    make_checklist(out, 2, [("baseline", "baseline", {}, base),
+                            *[(name, name, {"lr": 0.01 * (i + 1)}, values)
+                              for i, (name, values) in enumerate(trials.items())],
+                            ("half_failed", "x", {"lr": 0.5}, [0.70, ("failed", "boom")]),
+                            ("at_max", "y", {"lr": 0.6}, [0.70, 0.90])])
+    summaries = collect(out)
+    for name, values in trials.items():        # the premises, by the written-out interval
+        low, high = reference_interval(base, values)
+        assert (low < -0.003 and high > 0.003) == (name in ("close", "far")), name
+    counts = {s.name: 2 for s in summaries}
+    counts["at_max"] = 3
+    more = runner.next_seeds(summaries, counts, max_seeds=3)
+    assert list(more.items()) == [("baseline", 3), ("close", 3), ("far", 3)]
+    assert runner.next_seeds(summaries, {**counts, "baseline": 3}, max_seeds=3) == {
+        "close": 3, "far": 3}
+    assert runner.next_seeds(summaries, counts, max_seeds=2) == {}
+    assert runner.next_seeds(summaries, counts, max_seeds=3, min_effect=0.2) == {
+        "baseline": 3, "far": 3}                 # "close" cannot hold +-20 points
+
+
+QUICK = dict(train_subset=600, validation_fraction=0.0, batch_size=64, width=0.25, epochs=1,
+             warmup_epochs=0.2, augment="none", crop_scheme="none", se=False)
+
+
+def test_auto_seeds_train_only_the_undecided_and_never_redo_a_finished_seed(tmp_path):
+    """Seeds 0 and 1 of every trial and seed 2 of the baseline are finished results, as a
+    killed checklist leaves them: the runner trains seed 2 of the undecided trial only,
+    keeps the baseline's, and stops at max_seeds. The baseline had no validation split: the
+    checklist adds one and says so."""
+    out = tmp_path / "out"
+    for name, values in (("baseline", [0.8000, 0.8002, 0.8001]), ("ls_0", [0.79, 0.812]),
+                         ("aug_color", [0.8500, 0.8502])):
+        for k, value in enumerate(values):
+            write_run(out / "trials" / name / f"seed{k}", value)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    stream = io.StringIO()
+    result = runner.run(Recipe(**QUICK), str(out), workers=2, seeds="auto", max_seeds=3,
+                        trials=["ls_0", "aug_color"], progress=stream)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps          # nothing redone
+    assert sorted(o.key for o in result.completed) == sorted(
+        [f"{name}-seed{k}" for name in ("baseline", "ls_0", "aug_color") for k in range(2)]
+        + ["baseline-seed2", "ls_0-seed2"])
+    assert (out / "trials/ls_0/seed2/result.json").stat().st_mtime_ns > max(stamps.values())
+    assert not (out / "trials/aug_color/seed2").exists()
+    assert not (out / "trials/ls_0/seed3").exists()
+    plan = json.loads((out / "plan.json").read_text())
+    assert {t["name"]: t["seeds"] for t in plan["trials"]} == {
+        "baseline": 3, "ls_0": 3, "aug_color": 2}
+    assert plan["seed_policy"] == {"seeds": "auto", "min_effect": 0.003, "max_seeds": 3}
+    assert plan["baseline"]["validation_fraction"] == 0.1
+    trained = json.loads((out / "trials/ls_0/seed2/result.json").read_text())
+    assert trained["recipe"]["validation_fraction"] == 0.1
+    assert trained["recipe"]["seed"] == 2 and trained["val_accuracy"] is not None
+    log = stream.getvalue()
+    assert "1 undecided trials get another seed: baseline (3), ls_0 (3)" in log
+    assert "no validation split (validation_fraction=0)" in log
+    assert f"ls_0 seed2: val {100 * trained['val_accuracy']:.2f}% (Δ " in log
+    assert "[####################] 8/8 done" in log
+    markdown = (out / "report.md").read_text()
+    assert "**The baseline had no validation split" in markdown
+    assert table_row(markdown, "ls_0")[5] == "3 vs 3"
+    assert table_row(markdown, "aug_color")[5] == "2 vs 3"

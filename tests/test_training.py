@@ -76,6 +76,7 @@ def test_output_files_hold_the_documented_content(finished_run):
                    "train_images_per_s"):
         assert all(float(r[column]) > 0 for r in rows), column
     assert saved["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows))
+    assert saved["val_accuracy"] == pytest.approx(float(rows[-1]["val_accuracy"]))
     steps_per_epoch = math.ceil(2700 / recipe.batch_size)
     lr, wd = build_schedules(recipe, steps_per_epoch)
     for epoch, row in enumerate(rows):

@@ -8,7 +8,8 @@ A run reads its data, builds the backbone, the optimizer and the loss, trains wi
 - `history.csv`: one row per epoch (loss, accuracy, validation metrics, `learning_rate` and
   `weight_decay` at the epoch's end, `epoch_time_s`, `train_images_per_s`);
 - `tensorboard/`: the same curves for TensorBoard, and the recipe's fields with the final
-  metrics (`test_accuracy`, `test_loss`, `best_val_accuracy`) for its HParams dashboard;
+  metrics (`test_accuracy`, `test_loss`, `val_accuracy`, `best_val_accuracy`) for its HParams
+  dashboard;
 - `model.keras`: the trained model (reloads with `keras.saving.load_model`). With an
   auxiliary head (`aux_loss_weight > 0`) it is the inference model, head removed, and not
   compiled;
@@ -86,7 +87,9 @@ class TrainResult:
     `streamed` says whether the images were read from their files every epoch,
     `input_mean` / `input_std` are the per-channel normalization statistics (0..255 scale;
     None for a keras.applications model, which uses its own preprocessing) and `bad_files`
-    the undecodable files a streamed folder left out.
+    the undecodable files a streamed folder left out. `val_accuracy` is the last epoch's
+    validation accuracy (the model that is saved and tested), `best_val_accuracy` the highest
+    of any epoch; both None without a validation split.
     """
 
     status: str
@@ -104,6 +107,7 @@ class TrainResult:
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
     bad_files: tuple[str, ...] = ()
+    val_accuracy: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: the recipe as a dict of fields, non-finite numbers as null."""
@@ -394,6 +398,7 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
         test_accuracy=test_accuracy,
         test_loss=test_loss,
         best_val_accuracy=max(val_accuracies) if val_accuracies else None,
+        val_accuracy=val_accuracies[-1] if val_accuracies else None,
         epochs_run=len(history),
         wall_time_s=earlier_epochs + time.perf_counter() - started,
         train_images_per_s=float(np.mean(speeds[1:] or speeds)) if speeds else None,
@@ -419,6 +424,7 @@ def _log_hparams(recipe: Recipe, result: TrainResult, logdir: str) -> None:
     values = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(Recipe)
               if f.name != "output_dir"}
     final = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+             "val_accuracy": result.val_accuracy,
              "best_val_accuracy": result.best_val_accuracy}
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():

@@ -3,13 +3,18 @@
 The runner leaves in an output directory OUT:
 
 - `plan.json`: `{"baseline": {recipe fields}, "seeds": K, "trials": [{"name", "group",
-  "description", "change"}, ...], "skipped": [{"name", "reason"}, ...]}`. A trial's
+  "description", "change", "seeds"}, ...], "skipped": [{"name", "reason"}, ...],
+  "seed_policy": {"seeds", "min_effect", "max_seeds"}, "notes": [...]}`. A trial's
   `change` is relative to the baseline, also for the `confirm` group (`confirm_best` and
-  `confirm_without_<trial>`, trained from best.cfg and its leave-one-out variants);
+  `confirm_without_<trial>`, trained from best.cfg and its leave-one-out variants). A trial's
+  `seeds` is how many seeds it is planned with (K when absent; `--seeds=auto` plans more for
+  some trials than for others); `seed_policy` (optional) says how they were chosen and `notes`
+  (optional) what the runner changed in the baseline (a validation split it lacked);
 - `baseline.cfg`: the baseline flagfile;
-- `trials/<name>/seed<k>/` for k in 0..K-1: a `train()` run directory. `result.json` marks a
-  finished run (a `"diverged"` one counts as failed); `failure.json` (`{"status": "failed" |
-  "skipped", "reason": ...}`) one that crashed or was skipped; neither, one still pending.
+- `trials/<name>/seed<k>/` for k below the trial's seeds: a `train()` run directory.
+  `result.json` marks a finished run (a `"diverged"` one counts as failed); `failure.json`
+  (`{"status": "failed" | "skipped", "reason": ...}`) one that crashed or was skipped;
+  neither, one still pending.
 
 `read_run` gives each run directory one state: "done", "failed", "skipped", "pending", or
 "unreadable" when its result.json or failure.json is not what train() or the runner writes
@@ -17,26 +22,37 @@ The runner leaves in an output directory OUT:
 test_accuracy and wall_time_s, ...). An unreadable run is reported with the file and what is
 wrong, counts as a failed seed, and never blocks the rest of the report.
 
+Selection reads the validation split only. Verdicts, the ranking and best.cfg compare each
+run's validation accuracy after its last epoch (result.json's `val_accuracy`; the last row of
+history.csv for runs that predate it): the last epoch's model is the one that is saved and
+tested, while the best of many noisy epochs is biased upwards and picks a model nobody keeps.
+Test accuracy is reported beside it, for information, and chooses nothing; a run without a
+validation split gets no verdict.
+
 A report can be built at any point, from whatever exists. `write_report` writes, each
 atomically (temporary file, then rename), into OUT:
 
-- `report.md`: the baseline, a table of every trial (what changed, test accuracy mean +-
-  sample std over seeds in %, difference from the baseline in points, p-value, verdict,
-  wall time per seed), failed / skipped / unreadable / pending trials with their reasons
-  (an unreadable run's with its path), what went into best.cfg, "Do the winners combine?"
-  when confirm trials exist, total time and how to read it all. Verdicts follow
-  `tfmagic.checklist.stats` (Welch's t-test on per-seed test accuracies);
+- `report.md`: the baseline, a table of every trial ranked by Δ (what changed, validation
+  accuracy mean +- sample std over seeds in %, Δ from the baseline in points with its 95%
+  confidence interval, seeds, Holm-adjusted p-value, verdict, test accuracy, wall time per
+  seed), failed / skipped / unreadable / pending trials with their reasons (an unreadable
+  run's with its path), what went into best.cfg, "Do the winners combine?" when confirm
+  trials exist, total time and how to read it all. Verdicts follow
+  `tfmagic.checklist.stats.judge` (Welch's t-test on per-seed validation accuracies, Holm's
+  correction over the trials);
 - `summary.csv`: one row per trial, columns `SUMMARY_COLUMNS`: name, group, description,
   change (a JSON object), status (one of `STATUSES`; "unreadable" when every seed is),
-  seeds_done, seeds_failed (failed, diverged, skipped or unreadable seeds), seeds_pending,
-  test_accuracy_mean, test_accuracy_std (sample std, ddof=1), best_val_accuracy_mean,
-  test_loss_mean, wall_time_mean_s and wall_time_total_s (over runs with a result.json),
-  params, delta_mean and delta_std (the trial's mean test accuracy minus the baseline's,
-  and its standard error), p_value, verdict, reliable, reasons (joined by " | ").
-  Accuracies and deltas are fractions (0.8512, not 85.12); an empty cell is "not
-  available";
-- `report.png`: the difference in test accuracy from the baseline per trial, with standard
-  error bars, coloured by verdict;
+  seeds_planned, seeds_done, seeds_failed (failed, diverged, skipped or unreadable seeds),
+  seeds_pending, val_accuracy_mean, val_accuracy_std, test_accuracy_mean,
+  test_accuracy_std (sample std, ddof=1), best_val_accuracy_mean, test_loss_mean,
+  wall_time_mean_s and wall_time_total_s (over runs with a result.json), params,
+  delta_mean and delta_std (the trial's mean validation accuracy minus the baseline's, and
+  its standard error), ci_low and ci_high (its 95% confidence interval), p_value,
+  p_adjusted (Holm), verdict, reliable, undecided (the interval holds both a gain and a
+  loss of min_effect), reasons (joined by " | "). Accuracies and deltas are fractions
+  (0.8512, not 85.12); an empty cell is "not available";
+- `report.png`: Δ validation accuracy from the baseline per trial with its 95% confidence
+  interval, coloured by verdict, the +-min_effect band marked;
 - `curves.png`: validation accuracy per epoch (train accuracy when runs hold no validation
   split), mean over finished seeds, one panel per group with the baseline in each;
 - `best.cfg`: the baseline plus, from each group, the trial judged "better" with the largest
@@ -91,16 +107,18 @@ _JSON_TYPES = {list: "array", str: "string", bool: "boolean", int: "number", flo
 # Null is allowed, except for the keys a result of its status needs.
 _RESULT_VALUES = {
     "test_accuracy": (is_number, "a finite number"),
+    "val_accuracy": (is_number, "a finite number"),
     "test_loss": (is_number, "a finite number"),
     "best_val_accuracy": (is_number, "a finite number"),
     "wall_time_s": (is_number, "a finite number"),
     "params": (is_int, "an integer"),
 }
 SUMMARY_COLUMNS = (
-    "name", "group", "description", "change", "status", "seeds_done", "seeds_failed",
-    "seeds_pending", "test_accuracy_mean", "test_accuracy_std", "best_val_accuracy_mean",
-    "test_loss_mean", "wall_time_mean_s", "wall_time_total_s", "params", "delta_mean",
-    "delta_std", "p_value", "verdict", "reliable", "reasons",
+    "name", "group", "description", "change", "status", "seeds_planned", "seeds_done",
+    "seeds_failed", "seeds_pending", "val_accuracy_mean", "val_accuracy_std",
+    "test_accuracy_mean", "test_accuracy_std", "best_val_accuracy_mean", "test_loss_mean",
+    "wall_time_mean_s", "wall_time_total_s", "params", "delta_mean", "delta_std", "ci_low",
+    "ci_high", "p_value", "p_adjusted", "verdict", "reliable", "undecided", "reasons",
 )
 VERDICT_COLORS = {
     stats.BETTER: "tab:green",
@@ -115,21 +133,27 @@ _KEY_FIELDS = ("dataset", "train_subset", "model", "width", "epochs", "batch_siz
 class TrialSummary:
     """What is known about one trial: its seeds' state, their numbers and the verdict.
 
-    Means are over the finished seeds (None when there are none); `test_accuracy_std` is the
-    sample standard deviation (None with fewer than 2 finished seeds). `verdict` compares the
-    test accuracies with the baseline's (None for the baseline itself and for trials
-    without results). `run_dirs` are the finished seeds' run directories.
+    Means are over the finished seeds (None when there are none); the `_std` values are
+    sample standard deviations (None with fewer than 2 finished seeds). `val_accuracies` are
+    the finished seeds' last-epoch validation accuracies (seeds without a validation split
+    left out). `verdict` compares them with the baseline's, Holm-adjusted over the family of
+    trials (None for the baseline itself and for trials without validation results).
+    `run_dirs` are the finished seeds' run directories.
     """
 
     name: str
     group: str
     description: str
     change: dict[str, Any]
+    seeds_planned: int
     seeds_done: int
     seeds_failed: int
     seeds_pending: int
     status: str
     reasons: list[str]
+    val_accuracies: list[float]
+    val_accuracy_mean: float | None
+    val_accuracy_std: float | None
     test_accuracies: list[float]
     test_accuracy_mean: float | None
     test_accuracy_std: float | None
@@ -167,6 +191,15 @@ class _Plan:
     seeds: int
     trials: list[dict[str, Any]]
     skipped: list[dict[str, str]]
+    policy: dict[str, Any]
+    notes: list[str]
+
+    @property
+    def min_effect(self) -> float:
+        return float(self.policy.get("min_effect", stats.MIN_EFFECT))
+
+    def seeds_of(self, trial: dict[str, Any]) -> int:
+        return int(trial.get("seeds", self.seeds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +250,8 @@ def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = Non
         best_trials=best.merged,
     )
     best.recipe.to_flagfile(report.best_cfg)
-    write_atomic(report.summary_csv, _summary_csv(summaries))
-    save_figure(_delta_chart(summaries), report.report_png)
+    write_atomic(report.summary_csv, _summary_csv(summaries, plan.min_effect))
+    save_figure(_delta_chart(summaries, plan.min_effect), report.report_png)
     save_figure(_curves_chart(summaries), report.curves_png)
     write_atomic(report.report_md,
                  _markdown(out_dir, plan, summaries, best, total_time_s))
@@ -265,11 +298,18 @@ def _read_plan(out_dir: str) -> _Plan:
         unknown = sorted(set(trial["change"]) - known)
         check(not unknown, f"{path}: fields changed by trial {trial['name']!r}", unknown,
               "must all be Recipe fields")
+        seeds = trial.get("seeds", plan["seeds"])
+        check(is_int(seeds) and seeds >= 1, f"{path}: seeds of trial {trial['name']!r}", seeds,
+              "must be an integer >= 1")
     skipped = plan.get("skipped", [])
     for entry in skipped:
         if "name" not in entry or "reason" not in entry:
             raise ValueError(f"{path}: skipped entry {entry!r} needs 'name' and 'reason'")
-    return _Plan(baseline, plan["seeds"], plan["trials"], skipped)
+    policy = plan.get("seed_policy", {})
+    check(isinstance(policy, dict) and is_number(policy.get("min_effect", 0.0)),
+          f"{path}: seed_policy", policy, "must be an object whose min_effect is a number")
+    return _Plan(baseline, plan["seeds"], plan["trials"], skipped, policy,
+                 [str(note) for note in plan.get("notes", [])])
 
 
 def read_run(run_dir: str, relative_to: str | None = None
@@ -371,6 +411,21 @@ def _trial_status(seeds: int, done: int, pending: int, skipped: int, unreadable:
     return "partial"
 
 
+def val_accuracy(result: dict[str, Any], run_dir: str) -> float | None:
+    """The last epoch's validation accuracy of a finished run; None without a validation
+    split. Runs from before result.json held it give the last row of their history.csv."""
+    if result.get("val_accuracy") is not None:
+        return float(result["val_accuracy"])
+    history = _read_history(run_dir).get("val_accuracy")
+    if history is None or not len(history) or not math.isfinite(history[-1]):
+        return None
+    return float(history[-1])
+
+
+def _std(values: Sequence[float]) -> float | None:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
 def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSummary:
     states, results, finished, run_dirs, reasons_by_text = [], [], [], [], {}
     for k in range(seeds):
@@ -385,6 +440,7 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
         if reason is not None:
             reasons_by_text.setdefault((state, reason), []).append(k)
     accuracies = [float(r["test_accuracy"]) for r in finished]
+    val_accuracies = [v for v in map(val_accuracy, finished, run_dirs) if v is not None]
     val = [float(r["best_val_accuracy"]) for r in finished
            if r.get("best_val_accuracy") is not None]
     losses = [float(r["test_loss"]) for r in finished if r.get("test_loss") is not None]
@@ -394,21 +450,28 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
         f"seed{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))} {state}: {text}"
         for (state, text), ks in reasons_by_text.items()
     ]
+    if len(val_accuracies) < len(finished):
+        reasons.append(f"{len(finished) - len(val_accuracies)} finished seed(s) without a "
+                       "validation split: verdicts read validation accuracy only")
     done, pending = states.count("done"), states.count("pending")
     return TrialSummary(
         name=trial["name"],
         group=trial["group"],
         description=trial["description"],
         change=dict(trial["change"]),
+        seeds_planned=seeds,
         seeds_done=done,
         seeds_failed=seeds - done - pending,
         seeds_pending=pending,
         status=_trial_status(seeds, done, pending, states.count("skipped"),
                              states.count(UNREADABLE)),
         reasons=reasons,
+        val_accuracies=val_accuracies,
+        val_accuracy_mean=_mean(val_accuracies),
+        val_accuracy_std=_std(val_accuracies),
         test_accuracies=accuracies,
         test_accuracy_mean=_mean(accuracies),
-        test_accuracy_std=float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
+        test_accuracy_std=_std(accuracies),
         best_val_accuracy_mean=_mean(val),
         test_loss_mean=_mean(losses),
         wall_time_mean_s=_mean(times),
@@ -420,25 +483,36 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
 
 
 def _collect(out_dir: str, plan: _Plan) -> list[TrialSummary]:
-    summaries = [_summarize_trial(out_dir, trial, plan.seeds) for trial in plan.trials]
+    summaries = [_summarize_trial(out_dir, trial, plan.seeds_of(trial)) for trial in plan.trials]
     baseline = next((s for s in summaries if s.name == BASELINE), None)
-    if baseline is not None and baseline.test_accuracies:
-        summaries = [
-            s if s.name == BASELINE or not s.test_accuracies else dataclasses.replace(
-                s, verdict=stats.verdict(baseline.test_accuracies, s.test_accuracies))
-            for s in summaries
-        ]
+    if baseline is not None and baseline.val_accuracies:
+        verdicts = {}
+        for in_family in (lambda s: s.group != CONFIRM_GROUP, lambda s: s.group == CONFIRM_GROUP):
+            verdicts.update(stats.judge(baseline.val_accuracies, {
+                s.name: s.val_accuracies for s in summaries
+                if s.name != BASELINE and s.val_accuracies and in_family(s)}))
+        summaries = [dataclasses.replace(s, verdict=verdicts.get(s.name)) for s in summaries]
     for entry in plan.skipped:
         summaries.append(TrialSummary(
             name=entry["name"], group=entry.get("group", ""),
             description=entry.get("description", ""), change=dict(entry.get("change", {})),
-            seeds_done=0, seeds_failed=0, seeds_pending=0, status="skipped",
-            reasons=[str(entry["reason"])], test_accuracies=[], test_accuracy_mean=None,
+            seeds_planned=0, seeds_done=0, seeds_failed=0, seeds_pending=0, status="skipped",
+            reasons=[str(entry["reason"])], val_accuracies=[], val_accuracy_mean=None,
+            val_accuracy_std=None, test_accuracies=[], test_accuracy_mean=None,
             test_accuracy_std=None, best_val_accuracy_mean=None, test_loss_mean=None,
             wall_time_mean_s=None, wall_time_total_s=0.0, params=None, run_dirs=[],
             verdict=None,
         ))
     return summaries
+
+
+def ranked(summaries: Sequence[TrialSummary]) -> list[TrialSummary]:
+    """The baseline, the judged trials by Δ validation accuracy (largest gain first), then
+    the rest in plan order."""
+    judged = sorted((s for s in summaries if s.verdict is not None),
+                    key=lambda s: -s.verdict.delta_mean)
+    return ([s for s in summaries if s.name == BASELINE] + judged
+            + [s for s in summaries if s.verdict is None and s.name != BASELINE])
 
 
 # --- best.cfg ---------------------------------------------------------------------------
@@ -522,23 +596,43 @@ def _what_changed(s: TrialSummary, baseline: Recipe) -> str:
                      for field, value in s.change.items())
 
 
-def _accuracy(s: TrialSummary, seeds: int) -> str:
-    if s.test_accuracy_mean is None:
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
         return "—"
-    text = _percent(s.test_accuracy_mean)
-    if s.test_accuracy_std is not None:
-        text += f" ± {_percent(s.test_accuracy_std)}"
-    if s.seeds_done < seeds:
-        text += f" ({s.seeds_done} of {seeds} seeds)"
+    return _percent(mean) + ("" if std is None else f" ± {_percent(std)}")
+
+
+def _accuracy(s: TrialSummary) -> str:
+    text = _mean_std(s.val_accuracy_mean, s.val_accuracy_std)
+    if s.val_accuracy_mean is not None and s.seeds_done < s.seeds_planned:
+        text += f" ({s.seeds_done} of {s.seeds_planned} seeds)"
     return text
 
 
-def _verdict_text(s: TrialSummary) -> str:
-    if s.name == BASELINE and s.test_accuracies:
+def _test_accuracy(s: TrialSummary) -> str:
+    return _mean_std(s.test_accuracy_mean, s.test_accuracy_std)
+
+
+def _interval(v: stats.Verdict | None) -> str:
+    if v is None or not v.reliable:
+        return "—"
+    return f"[{_points(v.ci_low)}, {_points(v.ci_high)}]"
+
+
+def _seeds_text(s: TrialSummary) -> str:
+    if s.verdict is None:
+        return str(s.seeds_done) if s.seeds_done else ""
+    return f"{s.verdict.seeds} vs {s.verdict.baseline_seeds}"
+
+
+def _verdict_text(s: TrialSummary, min_effect: float) -> str:
+    if s.name == BASELINE and s.val_accuracies:
         return "(reference)"
     if s.verdict is None:
         return s.status
-    return s.verdict.label + ("" if s.verdict.reliable else " (unreliable)")
+    if not s.verdict.reliable:
+        return s.verdict.label + " (unreliable)"
+    return s.verdict.label + (" (undecided)" if stats.undecided(s.verdict, min_effect) else "")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -547,7 +641,7 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     return lines
 
 
-def _summary_csv(summaries: list[TrialSummary]) -> str:
+def _summary_csv(summaries: list[TrialSummary], min_effect: float) -> str:
     def number(value: float | None) -> str:
         return "" if value is None or not math.isfinite(value) else repr(float(value))
 
@@ -558,13 +652,17 @@ def _summary_csv(summaries: list[TrialSummary]) -> str:
         v = s.verdict
         writer.writerow([
             s.name, s.group, s.description, json.dumps(s.change, sort_keys=True), s.status,
-            s.seeds_done, s.seeds_failed, s.seeds_pending, number(s.test_accuracy_mean),
-            number(s.test_accuracy_std), number(s.best_val_accuracy_mean),
-            number(s.test_loss_mean), number(s.wall_time_mean_s), number(s.wall_time_total_s),
+            s.seeds_planned, s.seeds_done, s.seeds_failed, s.seeds_pending,
+            number(s.val_accuracy_mean), number(s.val_accuracy_std),
+            number(s.test_accuracy_mean), number(s.test_accuracy_std),
+            number(s.best_val_accuracy_mean), number(s.test_loss_mean),
+            number(s.wall_time_mean_s), number(s.wall_time_total_s),
             "" if s.params is None else s.params,
-            number(v.delta_mean) if v else "", number(v.delta_std) if v else "",
-            number(v.p_value) if v else "", v.label if v else "",
-            str(v.reliable).lower() if v else "", " | ".join(s.reasons),
+            *([number(v.delta_mean), number(v.delta_std), number(v.ci_low),
+               number(v.ci_high), number(v.p_value), number(v.p_adjusted), v.label,
+               str(v.reliable).lower(), str(stats.undecided(v, min_effect)).lower()]
+              if v else [""] * 9),
+            " | ".join(s.reasons),
         ])
     return buffer.getvalue()
 
@@ -572,9 +670,22 @@ def _summary_csv(summaries: list[TrialSummary]) -> str:
 # --- report.md --------------------------------------------------------------------------
 
 
+def _seeds_sentence(plan: _Plan, summaries: list[TrialSummary]) -> str:
+    planned = [s.seeds_planned for s in summaries if s.seeds_planned]
+    low, high = (min(planned), max(planned)) if planned else (plan.seeds, plan.seeds)
+    text = (f"{low} seed{'s' if low > 1 else ''} per trial" if low == high
+            else f"{low} to {high} seeds per trial")
+    if plan.policy.get("seeds") == "auto":
+        text += (f" (`--seeds=auto`: every trial starts with {low}; one whose 95% interval of "
+                 f"Δ still held both a gain and a loss of {100 * plan.min_effect:g} points got "
+                 f"more, up to {plan.policy.get('max_seeds', high)})")
+    return text
+
+
 def _markdown(out_dir: str, plan: _Plan, summaries: list[TrialSummary], best: _Best,
               total_time_s: float | None) -> str:
     baseline = plan.baseline
+    min_effect = plan.min_effect
     counts = {status: sum(s.status == status for s in summaries) for status in STATUSES}
     lines = [
         "# Checklist report",
@@ -590,33 +701,39 @@ def _markdown(out_dir: str, plan: _Plan, summaries: list[TrialSummary], best: _B
         "",
         "</details>",
         "",
-        f"{plan.seeds} seed{'s' if plan.seeds > 1 else ''} per trial (seed0 to "
-        f"seed{plan.seeds - 1}); {len(summaries)} trials: "
+        *[f"**{note}**\n" for note in plan.notes],
+        f"{_seeds_sentence(plan, summaries)}; {len(summaries)} trials: "
         + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ".",
         "",
+        "Verdicts, the ranking and best.cfg are chosen on the **validation** split (the "
+        "accuracy after the last epoch); test accuracy is shown for information only.",
+        "",
     ]
-    if plan.seeds == 1:
+    if any(s.verdict is not None and not s.verdict.reliable for s in summaries):
         lines += [
-            "**With one seed per trial the verdicts are unreliable**: seed noise cannot be "
-            f"estimated, so a trial is called better or worse when its test accuracy differs "
-            f"from the baseline's by at least {100 * stats.MIN_DELTA:g} points. Run with 3 or "
-            "more seeds to test the differences.",
+            "**Verdicts marked unreliable rest on a single seed**: seed noise cannot be "
+            "estimated, so such a trial is called better or worse when its validation "
+            f"accuracy differs from the baseline's by at least {100 * stats.MIN_DELTA:g} "
+            "points. Run with `--seeds=auto` (or 3 or more seeds) to test the differences.",
             "",
         ]
     main = [s for s in summaries if s.group != CONFIRM_GROUP]
-    lines += ["## Results", "", f"![Δ test accuracy vs baseline]({REPORT_PNG})", ""]
+    lines += ["## Results", "",
+              f"![Δ validation accuracy vs baseline, 95% intervals]({REPORT_PNG})", ""]
     lines += _table(
-        [[s.name, _what_changed(s, baseline), _accuracy(s, plan.seeds),
-          _points(s.verdict.delta_mean) if s.verdict else "",
-          _p_value(s.verdict.p_value) if s.verdict else "", _verdict_text(s),
-          _duration(s.wall_time_mean_s)] for s in main],
-        ["trial", "what changed", "test accuracy (%)", "Δ vs baseline (points)", "p-value",
-         "verdict", "time per seed"],
+        [[s.name, _what_changed(s, baseline), _accuracy(s),
+          _points(s.verdict.delta_mean) if s.verdict else "", _interval(s.verdict),
+          _seeds_text(s), _p_value(s.verdict.p_adjusted) if s.verdict else "",
+          _verdict_text(s, min_effect), _test_accuracy(s), _duration(s.wall_time_mean_s)]
+         for s in ranked(main)],
+        ["trial", "what changed", "val accuracy (%)", "Δ val (points)", "95% CI of Δ",
+         "seeds (trial vs baseline)", "p (Holm)", "verdict", "test accuracy (%)",
+         "time per seed"],
     )
-    lines += [""] + _problems(summaries, plan.seeds) + _best_section(best, summaries)
+    lines += [""] + _problems(summaries) + _best_section(best, summaries)
     confirm = [s for s in summaries if s.group == CONFIRM_GROUP]
     if confirm:
-        lines += _confirm_section(confirm, plan.seeds)
+        lines += _confirm_section(confirm, summaries, min_effect)
     lines += [
         "## Training curves", "", f"![training curves]({CURVES_PNG})", "",
         "## Time", "",
@@ -626,15 +743,29 @@ def _markdown(out_dir: str, plan: _Plan, summaries: list[TrialSummary], best: _B
         + (f" Elapsed: {_duration(total_time_s)}." if total_time_s is not None else ""),
         "",
         "## How to read", "",
-        "Each trial is the baseline with one change, trained with the same seeds. Test "
-        "accuracy is the mean ± sample standard deviation over the finished seeds; Δ is the "
-        "trial's mean minus the baseline's, in percentage points. With at least 2 seeds on "
-        "both sides, Welch's two-sided t-test (unequal variances) compares the per-seed test "
-        f"accuracies: p < {stats.ALPHA:g} is \"better\" or \"worse\" by the sign of Δ, "
-        "anything else \"no clear difference\" (the change may still help a little, but "
-        "seed noise hides it). With a single seed on a side no test is possible: "
+        "Each trial is the baseline with one change, trained with the same seeds (seed k of "
+        "every trial uses the same data split and order). The numbers that choose are "
+        "validation accuracies after the last epoch, held out of the training images: the "
+        "model of the last epoch is the one that is kept and tested, and the best of many "
+        "noisy epochs would flatter every run. Test accuracy is never used to choose: a "
+        "recipe chosen on the test split and reported on it overstates itself; "
+        "`--confirm` trains best.cfg again and reports its test accuracy.",
+        "",
+        "Accuracy is the mean ± sample standard deviation over the finished seeds; Δ is the "
+        "trial's mean minus the baseline's, in percentage points, with its 95% confidence "
+        "interval (Welch). With at least 2 seeds on both sides, Welch's two-sided t-test "
+        "(unequal variances) compares the per-seed validation accuracies, and Holm's method "
+        "adjusts the p-values over the trials, so that the chance that any of them is "
+        f"called better or worse by seed noise alone stays below {stats.ALPHA:g}: an "
+        f"adjusted p < {stats.ALPHA:g} is \"better\" or \"worse\" by the sign of Δ, anything "
+        "else \"no clear difference\". \"(undecided)\" marks a trial that more seeds could "
+        f"still turn: its interval holds both a gain and a loss of {100 * min_effect:g} "
+        "points, or it leaves out zero and reaches past that while Holm's correction "
+        "withholds the call; a \"no clear difference\" without it rules out a gain or a loss "
+        f"of {100 * min_effect:g} points. "
+        "With a single seed on a side no test is possible: "
         f"|Δ| >= {100 * stats.MIN_DELTA:g} points decides, and the verdict is marked "
-        "unreliable. The error bars of report.png are the standard error of Δ. "
+        "unreliable. report.png draws the intervals. "
         f"{SUMMARY_CSV} holds the same numbers as fractions, one row per trial; {BEST_CFG} "
         "is the baseline with the winners merged (`tfmagic-train --flagfile=best.cfg`).",
         "",
@@ -650,7 +781,7 @@ def _baseline_lines(out_dir: str, baseline: Recipe) -> list[str]:
     return baseline.to_flags()
 
 
-def _problems(summaries: list[TrialSummary], seeds: int) -> list[str]:
+def _problems(summaries: list[TrialSummary]) -> list[str]:
     lines = []
     troubled = [s for s in summaries if s.reasons]
     if troubled:
@@ -660,8 +791,8 @@ def _problems(summaries: list[TrialSummary], seeds: int) -> list[str]:
     pending = [s for s in summaries if s.seeds_pending]
     if pending:
         lines += ["## Pending", ""]
-        lines += [f"- `{s.name}`: {s.seeds_pending} of {seeds} seeds pending or running "
-                  f"({s.seeds_done} done)" for s in pending]
+        lines += [f"- `{s.name}`: {s.seeds_pending} of {s.seeds_planned} seeds pending or "
+                  f"running ({s.seeds_done} done)" for s in pending]
         lines += [""]
     return lines
 
@@ -683,49 +814,63 @@ def _best_section(best: _Best, summaries: list[TrialSummary]) -> list[str]:
     return lines + [""]
 
 
-def _confirm_section(confirm: list[TrialSummary], seeds: int) -> list[str]:
+def _confirm_section(confirm: list[TrialSummary], summaries: list[TrialSummary],
+                     min_effect: float) -> list[str]:
     lines = [
         "## Do the winners combine?", "",
         "`confirm_best` trains best.cfg; each `confirm_without_<trial>` is best.cfg without "
         "that trial's change. Leaving out a trick that helps on top of the others makes the "
-        "result worse than `confirm_best`.", "",
+        "validation accuracy worse than `confirm_best`'s (Holm-adjusted over the left-out "
+        "tricks).", "",
     ]
     best = next((s for s in confirm if s.name == CONFIRM_BEST), None)
+    against_best = {}
+    if best is not None and best.val_accuracies:
+        against_best = stats.judge(best.val_accuracies, {
+            s.name: s.val_accuracies for s in confirm if s is not best and s.val_accuracies})
     rows, findings = [], []
     for s in confirm:
-        against_best = None
-        if best is not None and s is not best and best.test_accuracies and s.test_accuracies:
-            against_best = stats.verdict(best.test_accuracies, s.test_accuracies)
+        versus = against_best.get(s.name)
         left_out = (s.name[len(CONFIRM_WITHOUT):] if s.name.startswith(CONFIRM_WITHOUT)
                     else "nothing")
         rows.append([
-            s.name, left_out, _accuracy(s, seeds),
+            s.name, left_out, _accuracy(s), _test_accuracy(s),
             _points(s.verdict.delta_mean) if s.verdict else "",
-            _verdict_text(s),
-            _points(against_best.delta_mean) if against_best else "",
-            _p_value(against_best.p_value) if against_best else "",
-            against_best.label if against_best else "",
+            _verdict_text(s, min_effect),
+            _points(versus.delta_mean) if versus else "",
+            _p_value(versus.p_adjusted if versus.reliable else None) if versus else "",
+            versus.label if versus else "",
         ])
-        if against_best is None:
+        if versus is None:
             continue
-        gap = _points(against_best.delta_mean)
-        if against_best.label == stats.WORSE:
+        gap = _points(versus.delta_mean)
+        if versus.label == stats.WORSE:
             findings.append(f"`{left_out}` helps on top of the others: leaving it out "
-                            f"changes test accuracy by {gap} points.")
-        elif against_best.label == stats.BETTER:
-            findings.append(f"`{left_out}` hurts in combination: leaving it out changes test "
-                            f"accuracy by {gap} points.")
+                            f"changes validation accuracy by {gap} points.")
+        elif versus.label == stats.BETTER:
+            findings.append(f"`{left_out}` hurts in combination: leaving it out changes "
+                            f"validation accuracy by {gap} points.")
         else:
             findings.append(f"`{left_out}` adds nothing clear on top of the others "
                             f"(leaving it out: {gap} points).")
-    lines += _table(rows, ["trial", "left out", "test accuracy (%)", "Δ vs baseline (points)",
-                           "verdict vs baseline", "Δ vs confirm_best (points)",
-                           "p vs confirm_best", "verdict vs confirm_best"])
+    lines += _table(rows, ["trial", "left out", "val accuracy (%)", "test accuracy (%)",
+                           "Δ val vs baseline (points)", "verdict vs baseline",
+                           "Δ val vs confirm_best (points)", "p vs confirm_best (Holm)",
+                           "verdict vs confirm_best"])
     lines += [""]
     if best is not None and best.verdict is not None:
-        lines += [f"best.cfg against the baseline: {_verdict_text(best)} "
+        lines += [f"best.cfg against the baseline on validation: "
+                  f"{_verdict_text(best, min_effect)} "
                   f"({_points(best.verdict.delta_mean)} points, "
-                  f"{_p_clause(best.verdict.p_value)}).", ""]
+                  f"{_p_clause(best.verdict.p_adjusted)}).", ""]
+    baseline = next((s for s in summaries if s.name == BASELINE), None)
+    if best is not None and best.test_accuracy_mean is not None:
+        lines += [f"best.cfg's test accuracy, the number to report: "
+                  f"{_test_accuracy(best)}% over {best.seeds_done} seed"
+                  f"{'s' if best.seeds_done > 1 else ''}"
+                  + (f" (the baseline's: {_test_accuracy(baseline)}%)."
+                     if baseline is not None and baseline.test_accuracy_mean is not None
+                     else "."), ""]
     if findings:
         lines += [f"- {finding}" for finding in findings] + [""]
     return lines
@@ -742,27 +887,33 @@ def _message_figure(text: str) -> Figure:
     return figure
 
 
-def _delta_chart(summaries: list[TrialSummary]) -> Figure:
+def _delta_chart(summaries: list[TrialSummary], min_effect: float) -> Figure:
     judged = sorted((s for s in summaries if s.verdict is not None),
                     key=lambda s: s.verdict.delta_mean)
     if not judged:
         return _message_figure("No trial has results to compare with the baseline yet.")
-    deltas = [100 * s.verdict.delta_mean for s in judged]
-    errors = [100 * s.verdict.delta_std for s in judged]      # NaN (one seed): no error bar
+    deltas = np.array([100 * s.verdict.delta_mean for s in judged])
+    # Each bar's 95% interval; none for a single seed (no interval can be estimated).
+    low = np.array([100 * s.verdict.ci_low if s.verdict.reliable else np.nan for s in judged])
+    high = np.array([100 * s.verdict.ci_high if s.verdict.reliable else np.nan for s in judged])
     figure = Figure(figsize=(8, 1.5 + 0.32 * len(judged)), layout="constrained")
     axis = figure.subplots()
     positions = np.arange(len(judged))
-    axis.barh(positions, deltas, xerr=errors, capsize=3,
+    axis.axvspan(-100 * min_effect, 100 * min_effect, color="tab:blue", alpha=0.08,
+                 label=f"± {100 * min_effect:g} points")
+    axis.barh(positions, deltas, xerr=np.vstack([deltas - low, high - deltas]), capsize=3,
               color=[VERDICT_COLORS[s.verdict.label] for s in judged],
               hatch=[None if s.verdict.reliable else "//" for s in judged],
               edgecolor="black", linewidth=0.5, error_kw={"elinewidth": 1})
-    axis.set_yticks(positions, [s.name for s in judged])
+    axis.set_yticks(positions, [f"{s.name} ({s.verdict.seeds})" for s in judged])
     axis.axvline(0.0, color="black", linewidth=0.8)
-    axis.set_xlabel("Δ test accuracy vs baseline (percentage points, ± standard error)")
-    axis.set_title("Which changes help (mean over seeds)")
+    axis.set_xlabel("Δ validation accuracy vs baseline (percentage points, 95% interval)")
+    axis.set_title("Which changes help (mean over seeds; seeds in brackets)")
     axis.grid(axis="x", alpha=0.3)
     handles = [Patch(facecolor=color, edgecolor="black", label=label)
                for label, color in VERDICT_COLORS.items()]
+    handles.append(Patch(facecolor="tab:blue", alpha=0.15,
+                         label=f"± {100 * min_effect:g} points"))
     if not all(s.verdict.reliable for s in judged):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
                              label="unreliable (1 seed)"))

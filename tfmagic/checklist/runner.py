@@ -11,6 +11,17 @@ Layout of ``out_dir``::
 
 Seed ``k`` of a trial trains with ``seed = baseline.seed + k``.
 
+Seeds (``seeds="auto"``, the default): the baseline and every trial start with 2 seeds. After
+each round the report is written and every trial whose verdict is still undecided
+(`tfmagic.checklist.stats.undecided`: its 95% interval of Δ holds both a gain and a loss of
+``min_effect``) gets one more seed, as does the baseline, up to ``max_seeds``; the trials
+closest to deciding run first. ``seeds=N`` trains every trial with N seeds. plan.json records
+each trial's seeds, so an interrupted checklist continues with the seeds it had planned.
+
+Verdicts are chosen on validation (`tfmagic.checklist.report`): a baseline without a
+validation split gets the Recipe's default one (``validation_fraction=0.1``), and the report
+says so.
+
 Nothing is lost and nothing is redone: a run with a ``result.json`` is finished and never
 started again (a diverged run included: it is reported failed). A run without one is started
 again by the next invocation of the same command and continues from its last finished epoch
@@ -48,7 +59,9 @@ from typing import Any, TextIO
 
 from tfmagic._atomic import writable_problem, write_atomic
 from tfmagic.checklist import report as report_lib
+from tfmagic.checklist import stats
 from tfmagic.checklist.report import (
+    BASELINE,
     BASELINE_CFG,
     CONFIRM_GROUP,
     FAILURE_FILE,
@@ -65,6 +78,9 @@ from tfmagic.checklist.trials import (
 from tfmagic.recipe import Recipe
 
 RUNNERS = ("local", "ray")
+AUTO = "auto"
+FIRST_SEEDS = 2
+MAX_SEEDS = 5
 LOCK_FILE = ".lock"
 EXIT_DIVERGED = 3
 EXIT_NO_WEIGHTS = 4
@@ -106,12 +122,20 @@ class Job:
 
 @dataclasses.dataclass(frozen=True)
 class RunOutcome:
-    """How one job ended: ``completed``, ``failed`` (diverged included) or ``skipped``."""
+    """How one job ended: ``completed``, ``failed`` (diverged included) or ``skipped``;
+    ``val_accuracy`` is a completed run's last-epoch validation accuracy."""
 
     key: str
     status: str
     reason: str = ""
     seconds: float = 0.0
+    val_accuracy: float | None = None
+
+    @property
+    def shown(self) -> str:
+        """The run as the progress lines name it: ``se_off seed1``."""
+        trial, _, seed = self.key.rpartition("-seed")
+        return f"{trial} seed{seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +155,57 @@ class ChecklistResult:
     @property
     def completed(self) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.status == "completed"]
+
+
+def check_seeds(seeds: int | str, min_effect: float = stats.MIN_EFFECT,
+                max_seeds: int = MAX_SEEDS) -> None:
+    """A ValueError naming the argument unless seeds is ``"auto"`` or an integer >= 1,
+    min_effect a number >= 0 and max_seeds an integer >= 2."""
+    if seeds != AUTO and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise ValueError(f"seeds={seeds!r} is not allowed: {AUTO!r} or an integer >= 1")
+    if isinstance(min_effect, bool) or not isinstance(min_effect, int | float) or not (
+            math.isfinite(min_effect) and min_effect >= 0):
+        raise ValueError(f"min_effect={min_effect!r} is not allowed: a fraction of accuracy "
+                         ">= 0 (0.003 is 0.3 points)")
+    if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < FIRST_SEEDS:
+        raise ValueError(f"max_seeds={max_seeds!r} is not allowed: an integer >= {FIRST_SEEDS}")
+
+
+def with_validation(baseline: Recipe) -> tuple[Recipe, list[str]]:
+    """The baseline with a validation split (the Recipe's default fraction when it has none,
+    since verdicts are chosen on validation), and a note saying so when one was added."""
+    if baseline.validation_fraction > 0:
+        return baseline, []
+    fraction = Recipe().validation_fraction
+    return dataclasses.replace(baseline, validation_fraction=fraction), [
+        f"The baseline had no validation split (validation_fraction=0): the checklist holds "
+        f"out {fraction:g} of the training images for validation in every run, because "
+        "verdicts and best.cfg are chosen on validation, never on test."]
+
+
+def next_seeds(summaries: Sequence[report_lib.TrialSummary], counts: dict[str, int], *,
+               min_effect: float = stats.MIN_EFFECT, max_seeds: int = MAX_SEEDS
+               ) -> dict[str, int]:
+    """The trials that get another seed in the next round of ``seeds="auto"``, name -> new
+    number of seeds, closest to deciding first (`stats.distance_to_decision`).
+
+    A trial gets one when every seed it has is finished, it has fewer than max_seeds, and
+    its verdict is still undecided (`stats.undecided`). The baseline gets one as well when
+    any trial does and it has fewer than max_seeds: Δ's interval narrows with both sides.
+    Empty when the checklist is decided.
+    """
+    wanted = []
+    for s in summaries:
+        if (s.name == BASELINE or s.group == CONFIRM_GROUP or s.verdict is None
+                or s.name not in counts or s.seeds_done < counts[s.name]
+                or counts[s.name] >= max_seeds or not stats.undecided(s.verdict, min_effect)):
+            continue
+        wanted.append(s)
+    wanted.sort(key=lambda s: stats.distance_to_decision(s.verdict, min_effect))
+    more = {s.name: counts[s.name] + 1 for s in wanted}
+    if more and counts.get(BASELINE, max_seeds) < max_seeds:
+        more = {BASELINE: counts[BASELINE] + 1, **more}
+    return more
 
 
 def default_workers(gpus_per_trial: int = 1) -> int:
@@ -178,12 +253,14 @@ def plan(
     return _jobs(everything, baseline, seeds, os.path.abspath(out_dir)), skipped
 
 
-def _jobs(trials: list[Trial], baseline: Recipe, seeds: int, out: str) -> list[Job]:
-    """One job per trial and seed; seed k trains with ``baseline.seed + k``."""
+def _jobs(trials: list[Trial], baseline: Recipe, seeds: int | dict[str, int],
+          out: str) -> list[Job]:
+    """One job per trial and seed (seeds: one number for all, or per trial name); seed k
+    trains with ``baseline.seed + k``."""
     jobs = []
     for trial in trials:
         recipe = trial.recipe(baseline)
-        for k in range(seeds):
+        for k in range(seeds if isinstance(seeds, int) else seeds[trial.name]):
             job = Job(trial, k, recipe, out)
             jobs.append(dataclasses.replace(job, recipe=dataclasses.replace(
                 recipe, seed=baseline.seed + k, output_dir=job.run_dir)))
@@ -195,7 +272,9 @@ def run(
     out_dir: str,
     *,
     workers: int | None = None,
-    seeds: int = 1,
+    seeds: int | str = AUTO,
+    min_effect: float = stats.MIN_EFFECT,
+    max_seeds: int = MAX_SEEDS,
     trials: Iterable[str | Trial] | None = None,
     extended: bool = False,
     confirm: bool = False,
@@ -207,21 +286,28 @@ def run(
     """Train the baseline and the trials, then write the report into ``out_dir``.
 
     Args:
-        baseline: the recipe every trial changes (its ``output_dir`` is not used).
+        baseline: the recipe every trial changes (its ``output_dir`` is not used). Without
+            a validation split it gets the Recipe's default one (verdicts read validation).
         out_dir: the checklist's directory; running the same call again continues it.
         workers: runs at a time with the local runner; None for one per
             ``gpus_per_trial`` GPUs, else 1.
-        seeds: runs per trial, with seeds ``baseline.seed + k``.
+        seeds: ``"auto"`` (2 seeds each, more for undecided trials, see the module
+            docstring) or runs per trial, with seeds ``baseline.seed + k``.
+        min_effect: with ``seeds="auto"``, the smallest difference in accuracy worth
+            deciding (a fraction: 0.003 is 0.3 points).
+        max_seeds: with ``seeds="auto"``, the most seeds a trial (and the baseline) gets.
         trials: trial names and/or custom Trial objects; None for the checklist.
         extended: add the extended trials (with ``trials=None``).
         confirm: afterwards train best.cfg and its leave-one-out variants (one per merged
-            winner) to check that the winning tricks combine.
+            winner, with as many seeds as the baseline) to check that the winning tricks
+            combine, and to give best.cfg its test accuracy.
         runner: ``"local"`` or ``"ray"``.
         ray_address: the Ray cluster to use (``ray.init(address=...)``); None starts or
             joins a local one.
         gpus_per_trial: GPUs each run gets (its recipe's ``strategy=auto`` then mirrors over
             them); the local runner hands out disjoint sets, Ray asks for that many.
-        progress: where to write the live progress lines; None for silence.
+        progress: where to write the progress bar and each run's result; None for silence.
+            On a terminal the bar redraws in place; elsewhere (a log) it prints lines.
 
     Returns:
         A ChecklistResult; the report is in ``out_dir``.
@@ -236,31 +322,72 @@ def run(
     if isinstance(gpus_per_trial, bool) or not isinstance(gpus_per_trial, int) or (
             gpus_per_trial < 1):
         raise ValueError(f"gpus_per_trial={gpus_per_trial!r} is not allowed: an integer >= 1")
+    check_seeds(seeds, min_effect, max_seeds)
     if workers is None:
         workers = default_workers(gpus_per_trial)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} is not allowed: an integer >= 1")
     started = time.perf_counter()
-    jobs, skipped = plan(baseline, out_dir, seeds=seeds, trials=trials, extended=extended)
+    baseline, notes = with_validation(baseline)
+    first = FIRST_SEEDS if seeds == AUTO else seeds
+    jobs, skipped = plan(baseline, out_dir, seeds=first, trials=trials, extended=extended)
     execute = _executor(runner, workers, ray_address, gpus_per_trial)
     out = _make_out_dir(out_dir)
+    policy = {"seeds": seeds, "min_effect": min_effect, "max_seeds": max_seeds}
+    for note in notes:
+        _say(progress, note)
     if runner == "local":
-        _say(progress, f"{len(jobs)} runs, {workers} at a time, "
-                       f"{_slots_text(_slots(workers, gpus_per_trial))}")
+        _say(progress, f"{len(jobs)} runs{' to start with' if seeds == AUTO else ''}, "
+                       f"{workers} at a time, {_slots_text(_slots(workers, gpus_per_trial))}")
+    live = _Progress(progress, workers)
     with _exclusive(out):
-        _write_plan(out, baseline, seeds, jobs, skipped)
-        outcomes = execute(jobs, _Progress(progress, workers))
-        report = report_lib.write_report(out, total_time_s=time.perf_counter() - started)
+        trial_list = list({job.trial.name: job.trial for job in jobs}.values())
+        counts = {trial.name: first for trial in trial_list}
+        if seeds == AUTO:
+            counts = _planned_seeds(out, counts)
+        outcomes: dict[str, RunOutcome] = {}
+        order = [trial.name for trial in trial_list]
+        while True:
+            jobs = _jobs(trial_list, baseline, counts, out)
+            rank = {name: i for i, name in enumerate(order)}
+            jobs.sort(key=lambda job: (job.seed_index, rank[job.trial.name]))
+            _write_plan(out, baseline, first, trial_list, counts, jobs, skipped, policy, notes)
+            outcomes.update((o.key, o) for o in execute(jobs, live))
+            report = report_lib.write_report(out, total_time_s=time.perf_counter() - started)
+            more = {} if seeds != AUTO else next_seeds(
+                report.summaries, counts, min_effect=min_effect, max_seeds=max_seeds)
+            if not more:
+                break
+            live.say(f"{len(more) - (BASELINE in more)} undecided trials get another seed: "
+                     + ", ".join(f"{name} ({count})" for name, count in more.items()))
+            counts.update(more)
+            order = [*more, *(name for name in order if name not in more)]
         if confirm:
-            confirm_jobs = _confirm_jobs(baseline, out, seeds, progress)
-            if confirm_jobs:
-                _write_plan(out, baseline, seeds, jobs + confirm_jobs, skipped)
-                outcomes += execute(confirm_jobs, _Progress(progress, workers))
+            confirm_trials = _confirm_trials(baseline, out, live)
+            if confirm_trials:
+                trial_list += confirm_trials
+                counts.update({trial.name: counts[BASELINE] for trial in confirm_trials})
+                confirm_jobs = _jobs(confirm_trials, baseline, counts, out)
+                _write_plan(out, baseline, first, trial_list, counts, jobs + confirm_jobs,
+                            skipped, policy, notes)
+                outcomes.update((o.key, o) for o in execute(confirm_jobs, live))
                 report = report_lib.write_report(
                     out, total_time_s=time.perf_counter() - started)
+    live.close()
     _say(progress, f"report -> {os.path.join(out, 'report.md')}")
-    return ChecklistResult(out, tuple(outcomes), tuple(skipped), report,
+    return ChecklistResult(out, tuple(outcomes.values()), tuple(skipped), report,
                            time.perf_counter() - started)
+
+
+def _planned_seeds(out: str, counts: dict[str, int]) -> dict[str, int]:
+    """counts raised to the seeds an earlier invocation planned (plan.json), so that an
+    interrupted ``seeds="auto"`` checklist continues where it was."""
+    path = os.path.join(out, PLAN_FILE)
+    if not os.path.exists(path):
+        return counts
+    with open(path) as f:
+        planned = {t["name"]: t.get("seeds", 0) for t in json.load(f)["trials"]}
+    return {name: max(count, planned.get(name, 0)) for name, count in counts.items()}
 
 
 def commands(jobs: Sequence[Job]) -> list[str]:
@@ -269,11 +396,14 @@ def commands(jobs: Sequence[Job]) -> list[str]:
 
 
 def write_commands(baseline: Recipe, out_dir: str, jobs: Sequence[Job],
-                   skipped: Sequence[SkippedTrial], seeds: int) -> None:
+                   skipped: Sequence[SkippedTrial], seeds: int,
+                   notes: Sequence[str] = ()) -> None:
     """Write plan.json, baseline.cfg and the jobs' flagfiles, without running anything."""
     out = _make_out_dir(out_dir)
+    trial_list = list({job.trial.name: job.trial for job in jobs}.values())
     with _exclusive(out):
-        _write_plan(out, baseline, seeds, list(jobs), list(skipped))
+        _write_plan(out, baseline, seeds, trial_list, {t.name: seeds for t in trial_list},
+                    list(jobs), list(skipped), {"seeds": seeds}, list(notes))
 
 
 # ---------------------------------------------------------------------------------- planning
@@ -289,8 +419,9 @@ def _make_out_dir(out_dir: str) -> str:
     return out
 
 
-def _write_plan(out: str, baseline: Recipe, seeds: int, jobs: list[Job],
-                skipped: list[SkippedTrial]) -> None:
+def _write_plan(out: str, baseline: Recipe, seeds: int, trial_list: list[Trial],
+                counts: dict[str, int], jobs: list[Job], skipped: list[SkippedTrial],
+                policy: dict[str, Any], notes: list[str]) -> None:
     baseline_fields = _fields_without_output(baseline)
     path = os.path.join(out, PLAN_FILE)
     if os.path.exists(path):
@@ -303,10 +434,7 @@ def _write_plan(out: str, baseline: Recipe, seeds: int, jobs: list[Job],
             raise ChecklistError(
                 f"out_dir={out!r} holds a checklist of another baseline (changed: "
                 f"{', '.join(changed)}); choose another --out or remove it")
-    trials = []
-    for job in jobs:
-        if job.trial.to_json() not in trials:
-            trials.append(job.trial.to_json())
+    trials = [{**trial.to_json(), "seeds": counts[trial.name]} for trial in trial_list]
     os.makedirs(os.path.join(out, "commands"), exist_ok=True)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     baseline.to_flagfile(os.path.join(out, BASELINE_CFG))
@@ -317,6 +445,8 @@ def _write_plan(out: str, baseline: Recipe, seeds: int, jobs: list[Job],
         "seeds": seeds,
         "trials": trials,
         "skipped": [s.to_json() for s in skipped],
+        "seed_policy": policy,
+        "notes": notes,
     }, indent=2) + "\n")
 
 
@@ -324,10 +454,10 @@ def _fields_without_output(recipe: Recipe) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(recipe).items() if k != "output_dir"}
 
 
-def _confirm_jobs(baseline: Recipe, out: str, seeds: int, progress) -> list[Job]:
+def _confirm_trials(baseline: Recipe, out: str, live: _Progress) -> list[Trial]:
     best, merged = report_lib.best_recipe(out)
     if not merged:
-        _say(progress, "confirm: no trial was judged better; nothing to combine")
+        live.say("confirm: no trial was judged better; nothing to combine")
         return []
     best_fields = _fields_without_output(best)
     base_fields = _fields_without_output(baseline)
@@ -339,7 +469,7 @@ def _confirm_jobs(baseline: Recipe, out: str, seeds: int, progress) -> list[Job]
             without = {k: v for k, v in change.items() if k not in changes[name]}
             trials.append(Trial(f"confirm_without_{name}", CONFIRM_GROUP,
                                 f"best.cfg without {name}", without))
-    return _jobs(trials, baseline, seeds, out)
+    return trials
 
 
 @contextlib.contextmanager
@@ -366,7 +496,8 @@ def job_state(job: Job) -> RunOutcome | None:
     """
     state, result, reason = report_lib.read_run(job.run_dir)
     if state == "done":
-        return RunOutcome(job.key, "completed", seconds=result["wall_time_s"])
+        return RunOutcome(job.key, "completed", seconds=result["wall_time_s"],
+                          val_accuracy=report_lib.val_accuracy(result, job.run_dir))
     if state == "failed" and result is not None:
         return RunOutcome(job.key, "failed", reason, result["wall_time_s"])
     if state == "skipped":
@@ -547,14 +678,19 @@ def log_tail(path: str) -> str:
 
 
 class _Progress:
-    """Live progress lines: runs done, running and failed, with an estimate of the time left.
+    """The checklist's progress: one bar (runs done, running, failed and skipped, elapsed
+    time, ETA) and one line per run as its result lands (``se_off seed1: val 91.20% (Δ
+    +0.40)``, Δ against the mean of the baseline's finished seeds).
 
-    The estimate is the mean duration of the runs finished by this invocation times the runs
-    left, divided by the workers.
+    On a terminal the bar is redrawn in place below the result lines; anywhere else (a log
+    file, a pipe) each change prints a line. The ETA is the mean duration of the runs finished
+    by this invocation times the rounds of ``workers`` runs left. Rounds of ``seeds="auto"``
+    add runs: each call of `start` brings the total up to date.
     """
 
     def __init__(self, stream: TextIO | None, workers: int):
         self.stream = stream
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
         self.workers = workers
         self.total = 0
         self.done = 0
@@ -562,35 +698,72 @@ class _Progress:
         self.skipped = 0
         self.running: list[str] = []
         self.durations: list[float] = []
+        self.baseline: dict[str, float] = {}
+        self.announced: set[str] = set()
         self.began = time.perf_counter()
+        self.drawn = False
 
     def start(self, total: int, already: list[RunOutcome]) -> None:
-        self.total = total
+        first = not self.announced and not self.total
+        self.total, self.done, self.failed, self.skipped = total, 0, 0, 0
         for outcome in already:
             self._count(outcome)
-            if outcome.status == "failed":
-                _say(self.stream, f"{outcome.key}: failed, not run again: {outcome.reason}")
-        if already:
-            _say(self.stream, f"{len(already)} of {total} runs already done; continuing")
-        self._line()
+            if outcome.status == "failed" and outcome.key not in self.announced:
+                self.say(f"{outcome.shown}: failed, not run again: {outcome.reason}")
+            self.announced.add(outcome.key)
+        if already and first:
+            self.say(f"{len(already)} of {total} runs already done; continuing")
+        self._draw()
 
     def started(self, key: str) -> None:
         self.running.append(key)
-        self._line()
+        self._draw()
 
     def finished(self, outcome: RunOutcome) -> None:
         self.running.remove(outcome.key)
+        self.announced.add(outcome.key)
         self._count(outcome)
         if outcome.status == "completed":
             self.durations.append(outcome.seconds)
+            self.say(self._result_line(outcome))
         else:
-            _say(self.stream, f"{outcome.key}: {outcome.status}: {outcome.reason}")
-        self._line()
+            self.say(f"{outcome.shown}: {outcome.status}: {outcome.reason}")
+        self._draw()
+
+    def say(self, text: str) -> None:
+        """A line above the bar."""
+        if self.stream is None:
+            return
+        if self.tty and self.drawn:
+            self.stream.write("\r\x1b[K")
+        _say(self.stream, text)
+        self.drawn = False
+
+    def close(self) -> None:
+        """Leave the bar where it is and move below it."""
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.drawn = False
+
+    def _result_line(self, outcome: RunOutcome) -> str:
+        if outcome.val_accuracy is None:
+            return f"{outcome.shown}: done (no validation accuracy)"
+        text = f"{outcome.shown}: val {100 * outcome.val_accuracy:.2f}%"
+        trial = outcome.key.rpartition("-seed")[0]
+        if trial == BASELINE:
+            self.baseline[outcome.key] = outcome.val_accuracy
+        elif self.baseline:
+            mean = sum(self.baseline.values()) / len(self.baseline)
+            text += f" (Δ {100 * (outcome.val_accuracy - mean):+.2f})"
+        return text
 
     def _count(self, outcome: RunOutcome) -> None:
         self.done += 1
         self.failed += outcome.status == "failed"
         self.skipped += outcome.status == "skipped"
+        if outcome.key.rpartition("-seed")[0] == BASELINE and outcome.val_accuracy is not None:
+            self.baseline[outcome.key] = outcome.val_accuracy
 
     def eta_s(self) -> float | None:
         if not self.durations:
@@ -598,14 +771,26 @@ class _Progress:
         left = self.total - self.done
         return sum(self.durations) / len(self.durations) * math.ceil(left / self.workers)
 
-    def _line(self) -> None:
+    def line(self) -> str:
+        """The bar as text."""
+        width = 20
+        filled = width * self.done // self.total if self.total else 0
         eta = self.eta_s()
-        _say(self.stream,
-             f"[{self.done}/{self.total} done] running {len(self.running)}"
-             f"{' (' + ', '.join(self.running) + ')' if self.running else ''}, "
-             f"failed {self.failed}, skipped {self.skipped}, elapsed "
-             f"{_clock(time.perf_counter() - self.began)}, ETA "
-             f"{'?' if eta is None else _clock(eta)}")
+        return (f"[{'#' * filled}{'-' * (width - filled)}] {self.done}/{self.total} done, "
+                f"running {len(self.running)}, failed {self.failed}, skipped {self.skipped}, "
+                f"elapsed {_clock(time.perf_counter() - self.began)}, ETA "
+                f"{'?' if eta is None else _clock(eta)}")
+
+    def _draw(self) -> None:
+        if self.stream is None:
+            return
+        if self.tty:
+            self.stream.write(f"\r\x1b[Ktfmagic-checklist: {self.line()}")
+            self.stream.flush()
+            self.drawn = True
+        else:
+            running = f" ({', '.join(self.running)})" if self.running else ""
+            _say(self.stream, self.line() + running)
 
 
 def _clock(seconds: float) -> str:

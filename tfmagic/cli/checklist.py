@@ -7,7 +7,10 @@ and any flag after it (see --helpfull). A quick checklist on 2 CPU cores:
     tfmagic-checklist --flagfile=flags/quickstart.cfg --epochs=1 --train_subset=1500 \\
         --out=runs/quick --workers=2
 
-Running the same command again continues an interrupted checklist; finished runs are kept.
+Verdicts and best.cfg are chosen on the validation split; --seeds=auto (the default) gives
+undecided trials more seeds. Running the same command again continues an interrupted
+checklist; finished runs are kept. --print_commands prints the first round of seeds only
+(2 per trial with --seeds=auto: more can only be chosen from results).
 The report (report.md, summary.csv, report.png, curves.png, best.cfg) is written into --out.
 
 Exit status: 0 every run completed or was skipped with a reason; 1 a bad flag value; 2 --out
@@ -20,6 +23,7 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
+from tfmagic.checklist import runner, stats
 from tfmagic.cli import EXIT_OUTPUT_DIR, EXIT_RUNS_FAILED, recipe_from_flags
 
 FLAGS = flags.FLAGS
@@ -28,8 +32,16 @@ flags.DEFINE_string("out", None, "Directory of the checklist: runs, logs and the
                     "default: the baseline's --output_dir followed by '-checklist'.")
 flags.DEFINE_integer("workers", None, "Runs at a time (local runner); default one per GPU, "
                      "else 1. On CPU the cores are shared out between the workers.", lower_bound=1)
-flags.DEFINE_integer("seeds", 1, "Runs per trial, with seeds seed, seed+1, ...; verdicts "
-                     "need at least 2.", lower_bound=1)
+flags.DEFINE_string("seeds", "auto", "'auto': every trial and the baseline start with 2 "
+                    "seeds, and a trial whose verdict is still undecided (its 95% interval of "
+                    "Δ holds both a gain and a loss of --min_effect) gets more, up to "
+                    "--max_seeds, closest to deciding first. Or N: N runs per trial. Seeds "
+                    "are seed, seed+1, ...")
+flags.DEFINE_float("min_effect", 100 * stats.MIN_EFFECT, "With --seeds=auto: the smallest "
+                   "difference in validation accuracy worth deciding, in percentage points.",
+                   lower_bound=0.0)
+flags.DEFINE_integer("max_seeds", runner.MAX_SEEDS, "With --seeds=auto: the most seeds a "
+                     "trial (and the baseline) gets.", lower_bound=runner.FIRST_SEEDS)
 flags.DEFINE_list("trials", None, "Only these trials (comma-separated names); default all.")
 flags.DEFINE_bool("extended", False, "Add the extended trials (batch size, auxiliary loss, "
                   "crops, drop path, Cutout, attention pooling, wd_cycles, wd_lr).")
@@ -47,24 +59,39 @@ flags.DEFINE_bool("report_only", False, "Build the report from the run directori
                   "in --out, without running anything.")
 
 
+def _seeds(text: str) -> int | str:
+    if text.strip() == runner.AUTO:
+        return runner.AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise app.UsageError(f"--seeds={text} is not allowed: 'auto' or an integer >= 1"
+                             ) from None
+
+
 def main(argv: list[str]) -> int:
     baseline = recipe_from_flags(argv, FLAGS)
 
-    from tfmagic.checklist import report, runner
+    from tfmagic.checklist import report
 
     out = FLAGS.out or baseline.output_dir.rstrip("/") + "-checklist"
+    seeds = _seeds(FLAGS.seeds)
     try:
         if FLAGS.report_only:
             print(f"report -> {report.write_report(out).report_md}")
             return 0
+        runner.check_seeds(seeds, FLAGS.min_effect / 100, FLAGS.max_seeds)
         if FLAGS.print_commands:
-            jobs, skipped = runner.plan(baseline, out, seeds=FLAGS.seeds,
+            first = runner.FIRST_SEEDS if seeds == runner.AUTO else seeds
+            baseline, notes = runner.with_validation(baseline)
+            jobs, skipped = runner.plan(baseline, out, seeds=first,
                                         trials=FLAGS.trials, extended=FLAGS.extended)
-            runner.write_commands(baseline, out, jobs, skipped, FLAGS.seeds)
+            runner.write_commands(baseline, out, jobs, skipped, first, notes)
             print("\n".join(runner.commands(jobs)))
             return 0
         result = runner.run(
-            baseline, out, workers=FLAGS.workers, seeds=FLAGS.seeds, trials=FLAGS.trials,
+            baseline, out, workers=FLAGS.workers, seeds=seeds,
+            min_effect=FLAGS.min_effect / 100, max_seeds=FLAGS.max_seeds, trials=FLAGS.trials,
             extended=FLAGS.extended, confirm=FLAGS.confirm, runner=FLAGS.runner,
             ray_address=FLAGS.ray_address, gpus_per_trial=FLAGS.gpus_per_trial,
         )
