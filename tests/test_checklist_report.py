@@ -831,3 +831,36 @@ def test_auto_seeds_train_only_the_undecided_and_never_redo_a_finished_seed(tmp_
     assert "**The baseline had no validation split" in markdown
     assert table_row(markdown, "ls_0")[5] == "3 vs 3"
     assert table_row(markdown, "aug_color")[5] == "2 vs 3"
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_redraws_one_bar_on_a_terminal_and_prints_lines_in_a_log():
+    outcomes = [runner.RunOutcome("baseline-seed0", "completed", seconds=10.0,
+                                  val_accuracy=0.80),
+                runner.RunOutcome("se_off-seed0", "completed", seconds=30.0, val_accuracy=0.812),
+                runner.RunOutcome("boom-seed0", "failed", "diverged", seconds=5.0)]
+    for stream in (Terminal(), io.StringIO()):
+        progress = runner._Progress(stream, 2)
+        progress.start(6, [])
+        for outcome in outcomes:
+            progress.started(outcome.key)
+        for outcome in outcomes:
+            progress.finished(outcome)
+        assert progress.eta_s() == pytest.approx(20.0 * 2)    # 3 left, 2 workers, 20 s each
+        progress.close()
+        text = stream.getvalue()
+        assert "tfmagic-checklist: baseline seed0: val 80.00%\n" in text
+        assert "tfmagic-checklist: se_off seed0: val 81.20% (Δ +1.20)\n" in text
+        assert "tfmagic-checklist: boom seed0: failed: diverged\n" in text
+        assert "[##########----------] 3/6 done, running 0, failed 1, skipped 0" in text
+        if isinstance(stream, Terminal):
+            # The bar is redrawn in place (carriage return, erase line), never on a new line.
+            assert text.count("\r\x1b[K") >= 7 and text.endswith("\n")
+            assert all(not line.startswith("tfmagic-checklist: [")
+                       for line in text.split("\n")[:-1])
+        else:
+            assert "\r" not in text and text.count("tfmagic-checklist: [") == 7
