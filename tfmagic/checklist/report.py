@@ -506,7 +506,7 @@ def _collect(out_dir: str, plan: _Plan) -> list[TrialSummary]:
     return summaries
 
 
-def ranked(summaries: Sequence[TrialSummary]) -> list[TrialSummary]:
+def _ranked(summaries: Sequence[TrialSummary]) -> list[TrialSummary]:
     """The baseline, the judged trials by Δ validation accuracy (largest gain first), then
     the rest in plan order."""
     judged = sorted((s for s in summaries if s.verdict is not None),
@@ -725,7 +725,7 @@ def _markdown(out_dir: str, plan: _Plan, summaries: list[TrialSummary], best: _B
           _points(s.verdict.delta_mean) if s.verdict else "", _interval(s.verdict),
           _seeds_text(s), _p_value(s.verdict.p_adjusted) if s.verdict else "",
           _verdict_text(s, min_effect), _test_accuracy(s), _duration(s.wall_time_mean_s)]
-         for s in ranked(main)],
+         for s in _ranked(main)],
         ["trial", "what changed", "val accuracy (%)", "Δ val (points)", "95% CI of Δ",
          "seeds (trial vs baseline)", "p (Holm)", "verdict", "test accuracy (%)",
          "time per seed"],

@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from tfmagic._atomic import writable_problem, write_atomic
+from tfmagic._checks import check, is_int, is_number
 from tfmagic.checklist import report as report_lib
 from tfmagic.checklist import stats
 from tfmagic.checklist.report import (
@@ -161,14 +162,12 @@ def check_seeds(seeds: int | str, min_effect: float = stats.MIN_EFFECT,
                 max_seeds: int = MAX_SEEDS) -> None:
     """A ValueError naming the argument unless seeds is ``"auto"`` or an integer >= 1,
     min_effect a number >= 0 and max_seeds an integer >= 2."""
-    if seeds != AUTO and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
-        raise ValueError(f"seeds={seeds!r} is not allowed: {AUTO!r} or an integer >= 1")
-    if isinstance(min_effect, bool) or not isinstance(min_effect, int | float) or not (
-            math.isfinite(min_effect) and min_effect >= 0):
-        raise ValueError(f"min_effect={min_effect!r} is not allowed: a fraction of accuracy "
-                         ">= 0 (0.003 is 0.3 points)")
-    if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < FIRST_SEEDS:
-        raise ValueError(f"max_seeds={max_seeds!r} is not allowed: an integer >= {FIRST_SEEDS}")
+    check(seeds == AUTO or (is_int(seeds) and seeds >= 1), "seeds", seeds,
+          f"{AUTO!r} or an integer >= 1")
+    check(is_number(min_effect) and min_effect >= 0, "min_effect", min_effect,
+          "a fraction of accuracy >= 0 (0.003 is 0.3 points)")
+    check(is_int(max_seeds) and max_seeds >= FIRST_SEEDS, "max_seeds", max_seeds,
+          f"an integer >= {FIRST_SEEDS}")
 
 
 def with_validation(baseline: Recipe) -> tuple[Recipe, list[str]]:
@@ -374,9 +373,20 @@ def run(
                 report = report_lib.write_report(
                     out, total_time_s=time.perf_counter() - started)
     live.close()
+    _say(progress, _verdicts_line(report))
     _say(progress, f"report -> {os.path.join(out, 'report.md')}")
     return ChecklistResult(out, tuple(outcomes.values()), tuple(skipped), report,
                            time.perf_counter() - started)
+
+
+def _verdicts_line(report: report_lib.Report) -> str:
+    """The checklist's conclusion in one line: how the trials were judged on validation and
+    what best.cfg merges."""
+    labels = [s.verdict.label for s in report.summaries
+              if s.verdict is not None and s.group != CONFIRM_GROUP]
+    counts = ", ".join(f"{labels.count(label)} {label}" for label in stats.LABELS)
+    merged = ", ".join(report.best_trials) or "nothing (no trial was judged better)"
+    return f"on validation: {counts}; best.cfg merges {merged}"
 
 
 def _planned_seeds(out: str, counts: dict[str, int]) -> dict[str, int]:
@@ -716,11 +726,11 @@ class _Progress:
         self._draw()
 
     def started(self, key: str) -> None:
-        self.running.append(key)
+        self.running.append(RunOutcome(key, "running").shown)
         self._draw()
 
     def finished(self, outcome: RunOutcome) -> None:
-        self.running.remove(outcome.key)
+        self.running.remove(outcome.shown)
         self.announced.add(outcome.key)
         self._count(outcome)
         if outcome.status == "completed":
