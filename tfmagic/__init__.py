@@ -6,7 +6,7 @@ after `import tfmagic`, with no `custom_objects`.
 """
 
 from tfmagic import _quiet_start  # noqa: F401, I001  (first: binaries load TensorFlow quietly)
-from tfmagic import augment, layers, losses, optimizers, schedules
+from tfmagic import augment, callbacks, layers, losses, optimizers, schedules
 
 __version__ = "0.1.0"
-__all__ = ["augment", "layers", "losses", "optimizers", "schedules"]
+__all__ = ["augment", "callbacks", "layers", "losses", "optimizers", "schedules"]

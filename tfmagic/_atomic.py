@@ -3,6 +3,8 @@
 A file is written under a temporary name in its own directory, flushed to disk, given the mode
 an ordinary new file gets (``0o666`` less the umask) and renamed over the target, so a reader
 (or a run restarted after ``kill -9``) sees the old file or the new one, never half of one.
+Paths of other file systems (``gs://...``) are written the same way through ``tf.io.gfile``,
+which is imported only for them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 
 
@@ -35,8 +38,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     ``.tmp-<random>-model.keras``), so writers that check the extension accept it. On an
     exception the temporary file is removed and ``path`` is left as it was. The directory is
     created when missing.
+
+    A path with a scheme (``gs://bucket/...``, ``ram://...``) is written through
+    ``tf.io.gfile``: the temporary file is renamed over the target by its file system, without
+    fsync or a change of mode. The writer must then be one that accepts such paths
+    (``tf.io.gfile.GFile``, ``tf.io.TFRecordWriter``).
     """
     path = os.fspath(path)
+    if _is_remote(path):
+        with _remote_atomic_path(path) as partial:
+            yield partial
+        return
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=f"-{name}")
@@ -53,10 +65,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
+def _is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a file system by its scheme (``gs://...``), not a local path."""
+    return "://" in os.fspath(path)
+
+
+@contextlib.contextmanager
+def _remote_atomic_path(path: str) -> Iterator[str]:
+    import tensorflow as tf  # only here: the local branch needs no TensorFlow
+
+    directory, _, name = path.rpartition("/")
+    partial = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
+    tf.io.gfile.makedirs(directory)
+    try:
+        yield partial
+        tf.io.gfile.rename(partial, path, overwrite=True)
+    except BaseException:
+        with contextlib.suppress(tf.errors.OpError):
+            tf.io.gfile.remove(partial)
+        raise
+
+
 def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
-    """Write text or bytes to ``path`` atomically (see the module docstring)."""
-    with atomic_path(path) as partial, open(partial, "wb") as f:
+    """Write text or bytes to ``path`` atomically; ``path`` may be anything `atomic_path`
+    takes."""
+    with atomic_path(path) as partial, _open(partial, "wb") as f:
         f.write(content.encode() if isinstance(content, str) else content)
+
+
+def _open(path: str, mode: str):
+    if _is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, mode)
+    return open(path, mode)
 
 
 def writable_problem(path: str | os.PathLike) -> str | None:

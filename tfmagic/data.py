@@ -36,7 +36,6 @@ import hashlib
 import importlib
 import json
 import math
-import numbers
 import os
 import zlib
 from collections.abc import Callable
@@ -47,6 +46,7 @@ import tensorflow as tf
 
 from tfmagic import records
 from tfmagic._atomic import write_atomic
+from tfmagic._checks import is_int, is_number
 from tfmagic.augment.crops import center_crop, random_resized_crop, sample_boxes
 from tfmagic.records import decode, decoder_reason
 
@@ -739,11 +739,8 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
         description = {"classes": list(folder.names), "label_base": 0,
                        "splits": {name: len(items) for name, items in splits.items()},
                        "bad_files": list(folder.bad_files), "source": dataset}
-        partial = tf.io.gfile.join(output_dir, f".partial-{records.DESCRIPTION_FILE}")
-        with tf.io.gfile.GFile(partial, "w") as f:
-            f.write(json.dumps(description, indent=1) + "\n")
-        tf.io.gfile.rename(partial, tf.io.gfile.join(output_dir, records.DESCRIPTION_FILE),
-                           overwrite=True)
+        write_atomic(tf.io.gfile.join(output_dir, records.DESCRIPTION_FILE),
+                     json.dumps(description, indent=1) + "\n")
     except BaseException:
         for shard in written:
             with contextlib.suppress(tf.errors.OpError):
@@ -1276,7 +1273,7 @@ def check_dataset_name(dataset: str) -> None:
 def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_int(value) or value < minimum:
         allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
         raise DataError(f"{name} must be {allowed}, got {value!r}")
 
@@ -1290,11 +1287,7 @@ def _check_arguments(
     _check_int("train_subset", train_subset, 1, optional=True)
     _check_int("image_size", image_size, 1, optional=True)
     _check_int("eval_batch_size", eval_batch_size, 1, optional=True)
-    if (
-        isinstance(validation_fraction, bool)
-        or not isinstance(validation_fraction, numbers.Real)
-        or not 0 <= validation_fraction < 1
-    ):
+    if not is_number(validation_fraction) or not 0 <= validation_fraction < 1:
         raise DataError(
             f"validation_fraction must be a number with 0 <= fraction < 1, "
             f"got {validation_fraction!r}"
@@ -1407,8 +1400,7 @@ def load(
             and 0 < crop_scale[0] <= crop_scale[1] <= 1):
         raise DataError(f"crop_scale must be None or (min, max) with 0 < min <= max <= 1, "
                         f"got {crop_scale!r}")
-    if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, numbers.Real) or not (
-            0 < crop_fraction <= 1):
+    if not is_number(crop_fraction) or not 0 < crop_fraction <= 1:
         raise DataError(f"crop_fraction must be a number in (0, 1], got {crop_fraction!r}")
     streamed, bad_files, size, from_records = False, (), None, None
     if dataset == "fashion_mnist":

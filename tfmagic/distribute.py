@@ -38,6 +38,8 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
+from tfmagic._checks import check
+
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCALINGS = ("none", "linear")
@@ -55,8 +57,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         ValueError: an unknown name.
         StrategyError: ``multi_worker`` without ``TF_CONFIG``, or ``tpu`` without a TPU.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy={name!r} is not allowed: one of {STRATEGIES}")
+    check(name in STRATEGIES, "strategy", name, f"one of {STRATEGIES}")
     if name == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -114,8 +115,7 @@ def is_chief() -> bool:
 
 def lr_factor(batch_size: int, scaling: str) -> float:
     """The factor applied to the recipe's LR: 1, or ``batch_size / REFERENCE_BATCH_SIZE``."""
-    if scaling not in LR_SCALINGS:
-        raise ValueError(f"lr_scaling={scaling!r} is not allowed: one of {LR_SCALINGS}")
+    check(scaling in LR_SCALINGS, "lr_scaling", scaling, f"one of {LR_SCALINGS}")
     return batch_size / REFERENCE_BATCH_SIZE if scaling == "linear" else 1.0
 
 
@@ -138,10 +138,15 @@ def multi_worker_fit(model: keras.Model) -> Iterator[keras.Model]:
       dimension 0"); inside this context they are averaged over the workers alone, as the
       one-process path does over its replicas.
 
-    Outside a multi-worker strategy nothing changes.
+    Outside a multi-worker strategy nothing changes (as here, in one process):
 
+    >>> import numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
     >>> with multi_worker_fit(model):
-    ...     model.fit(dataset, epochs=10)
+    ...     history = model.fit(np.ones((8, 2)), np.ones((8, 1)), epochs=2, verbose=0)
+    >>> len(history.history["loss"])
+    2
     """
     strategy = model.distribute_strategy
     if not is_multi_worker(strategy):

@@ -25,6 +25,8 @@ Example:
 import keras
 from keras import ops
 
+from tfmagic._checks import check, is_number
+
 __all__ = ["CONVENTIONS", "LabelSmoothingCrossEntropy", "smooth_labels"]
 
 CONVENTIONS = ("article", "keras")
@@ -57,14 +59,9 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
     def __init__(self, epsilon=0.1, convention="article", from_logits=False,
                  reduction="sum_over_batch_size", name="label_smoothing_cross_entropy",
                  dtype=None):
-        if not (isinstance(epsilon, int | float) and not isinstance(epsilon, bool)
-                and 0 <= epsilon < 1):
-            raise ValueError(f"epsilon={epsilon!r} is not allowed: must be in [0, 1)")
-        if convention not in CONVENTIONS:
-            raise ValueError(
-                f"convention={convention!r} is not allowed: must be one of "
-                f"{', '.join(CONVENTIONS)}"
-            )
+        check(is_number(epsilon) and 0 <= epsilon < 1, "epsilon", epsilon, "must be in [0, 1)")
+        check(convention in CONVENTIONS, "convention", convention,
+              f"must be one of {', '.join(CONVENTIONS)}")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.epsilon = float(epsilon)
         self.convention = convention

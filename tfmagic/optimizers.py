@@ -35,9 +35,16 @@ Example:
 import keras
 from keras import ops
 
-__all__ = ["DECAY_MODES", "OPTIMIZER_NAMES", "Adam", "AdamW", "SGD", "build_optimizer"]
+from tfmagic._checks import check, is_number
+from tfmagic.registry import Registry
 
-OPTIMIZER_NAMES = ("sgd_nesterov", "sgd", "adam", "adamw")
+__all__ = ["DECAY_MODES", "OPTIMIZERS", "OPTIMIZER_NAMES", "Adam", "AdamW", "SGD",
+           "build_optimizer"]
+
+OPTIMIZERS = Registry("optimizer")
+"""name -> ``build(learning_rate, momentum, decay_mode, **decay)``, the optimizer (``decay``:
+``weight_decay``, ``weight_decay_schedule``, ``exclude_norm_and_bias``)."""
+OPTIMIZER_NAMES = OPTIMIZERS
 DECAY_MODES = ("l2", "decoupled")
 
 
@@ -52,17 +59,14 @@ class _WeightDecay:
                  exclude_norm_and_bias=True, **kwargs):
         if isinstance(weight_decay_schedule, dict):
             weight_decay_schedule = keras.saving.deserialize_keras_object(weight_decay_schedule)
-        if decay_mode not in DECAY_MODES:
-            raise ValueError(
-                f"decay_mode={decay_mode!r} is not allowed: must be one of {', '.join(DECAY_MODES)}"
-            )
-        if weight_decay is None or not weight_decay >= 0:
-            raise ValueError(f"weight_decay={weight_decay!r} is not allowed: must be >= 0")
-        if weight_decay_schedule is not None and not callable(weight_decay_schedule):
-            raise ValueError(
-                f"weight_decay_schedule={weight_decay_schedule!r} is not allowed: must be a "
-                "schedule called with the step (e.g. tfmagic.schedules.RegularizationSchedule)"
-            )
+        check(decay_mode in DECAY_MODES, "decay_mode", decay_mode,
+              f"must be one of {', '.join(DECAY_MODES)}")
+        check(is_number(weight_decay) and weight_decay >= 0, "weight_decay", weight_decay,
+              "must be >= 0")
+        check(weight_decay_schedule is None or callable(weight_decay_schedule),
+              "weight_decay_schedule", weight_decay_schedule,
+              "must be a schedule called with the step (e.g. "
+              "tfmagic.schedules.RegularizationSchedule)")
         super().__init__(*args, weight_decay=None, **kwargs)
         self.decay_coefficient = float(weight_decay)
         self.weight_decay_schedule = weight_decay_schedule
@@ -172,17 +176,29 @@ def build_optimizer(name, learning_rate, *, momentum=0.9, weight_decay=0.0,
     >>> optimizer.nesterov, optimizer.decay_mode
     (True, 'l2')
     """
-    if name not in OPTIMIZER_NAMES:
-        raise ValueError(
-            f"name={name!r} is not allowed: must be one of {', '.join(OPTIMIZER_NAMES)}"
-        )
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum={momentum!r} is not allowed: must be in [0, 1)")
+    check(name in OPTIMIZERS, "name", name, f"must be one of {', '.join(OPTIMIZERS)}")
+    check(is_number(momentum) and 0 <= momentum < 1, "momentum", momentum, "must be in [0, 1)")
     decay = dict(weight_decay=weight_decay, weight_decay_schedule=weight_decay_schedule,
                  exclude_norm_and_bias=exclude_norm_and_bias)
-    if name in ("sgd_nesterov", "sgd"):
-        return SGD(learning_rate=learning_rate, momentum=momentum,
-                   nesterov=name == "sgd_nesterov", decay_mode=decay_mode, **decay)
-    if name == "adam":
-        return Adam(learning_rate=learning_rate, decay_mode=decay_mode, **decay)
+    return OPTIMIZERS.build(name, learning_rate, momentum, decay_mode, **decay)
+
+
+@OPTIMIZERS.register("sgd_nesterov", help="SGD with Nesterov momentum")
+def _sgd_nesterov(learning_rate, momentum, decay_mode, **decay):
+    return SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True,
+               decay_mode=decay_mode, **decay)
+
+
+@OPTIMIZERS.register("sgd", help="SGD with classical momentum")
+def _sgd(learning_rate, momentum, decay_mode, **decay):
+    return SGD(learning_rate=learning_rate, momentum=momentum, decay_mode=decay_mode, **decay)
+
+
+@OPTIMIZERS.register("adam", help="Adam (momentum unused)")
+def _adam(learning_rate, momentum, decay_mode, **decay):
+    return Adam(learning_rate=learning_rate, decay_mode=decay_mode, **decay)
+
+
+@OPTIMIZERS.register("adamw", help="Adam with decoupled weight decay (weight_decay_mode unused)")
+def _adamw(learning_rate, momentum, decay_mode, **decay):
     return AdamW(learning_rate=learning_rate, **decay)

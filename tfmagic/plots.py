@@ -8,7 +8,9 @@ from matplotlib.figure import Figure
 
 from tfmagic import data
 from tfmagic._atomic import atomic_path
+from tfmagic.choices import LR_SCHEDULES
 from tfmagic.recipe import Recipe
+from tfmagic.wiring import build_schedules, steps_in_epoch
 
 
 def save_figure(figure: Figure, path: str | os.PathLike) -> None:
@@ -30,14 +32,12 @@ def plot_schedules(recipe: Recipe, path: str | os.PathLike,
         steps_per_epoch: optimizer steps per epoch; when None the dataset is read to count
             its training images.
     """
-    from tfmagic import training
-
     if steps_per_epoch is None:
         splits = data.load(recipe.dataset, batch_size=recipe.batch_size, seed=recipe.seed,
                            train_subset=recipe.train_subset or None,
                            validation_fraction=recipe.validation_fraction)
-        steps_per_epoch = training.steps_in_epoch(recipe, splits.train_size)
-    lr, wd = training.build_schedules(recipe, steps_per_epoch)
+        steps_per_epoch = steps_in_epoch(recipe, splits.train_size)
+    lr, wd = build_schedules(recipe, steps_per_epoch)
     draw_schedules(recipe, lr, wd, steps_per_epoch, path)
 
 
@@ -56,11 +56,10 @@ def draw_schedules(recipe: Recipe, lr, wd, steps_per_epoch: int,
     top, bottom = figure.subplots(2, 1, sharex=True)
     top.plot(epochs, lr_values, color="tab:blue")
     top.set_ylabel("learning rate")
+    settings = LR_SCHEDULES.label(recipe.lr_schedule, recipe)
     top.set_title(
-        f"{recipe.lr_schedule} (peak {recipe.lr:g}"
-        + (f", P={recipe.lr_power:g}, {recipe.lr_cycles} cycles x{recipe.lr_cycle_decay:g}"
-           if recipe.lr_schedule == "cosine_power_cycles" else "")
-        + f", warm-up {recipe.warmup_epochs:g} epochs), {recipe.optimizer}"
+        f"{recipe.lr_schedule} (peak {recipe.lr:g}{', ' + settings if settings else ''}"
+        f", warm-up {recipe.warmup_epochs:g} epochs), {recipe.optimizer}"
     )
     bottom.plot(epochs, wd_values, color="tab:red")
     bottom.set_ylabel(f"weight decay ({recipe.weight_decay_mode})")

@@ -27,10 +27,11 @@ from absl import flags
 
 from tfmagic import data, distribute, losses, models, optimizers, schedules
 from tfmagic._atomic import write_atomic
+from tfmagic.choices import AUGMENTS, CROP_SCHEMES, LR_SCHEDULES
+from tfmagic.registry import Registry
 
-LR_SCHEDULES = ("cosine_power_cycles", "cosine", "gamma")
-AUGMENTS = ("autoaugment", "color", "none")
-CROP_SCHEMES = ("pad_and_crop", "random_resized_crop", "none")
+__all__ = ["AUGMENTS", "CROP_SCHEMES", "LR_SCHEDULES", "FlagfileError", "Recipe", "RecipeError",
+           "define_flags", "fields", "from_flags"]
 
 
 class RecipeError(ValueError):
@@ -51,11 +52,15 @@ def _knob(
     default: Any,
     help: str,
     *,
-    choices: tuple[str, ...] | None = None,
+    choices: tuple[str, ...] | Registry | None = None,
     check: Callable[[Any], bool] | None = None,
     allowed: str = "",
 ) -> Any:
-    """A Recipe field with the metadata that flags and validation are made from."""
+    """A Recipe field with the metadata that flags and validation are made from.
+
+    `choices` is read when it is used, so a name registered later in a `Registry` is
+    allowed, and offered by flags defined after it.
+    """
     return dataclasses.field(
         default=default,
         metadata={"help": help, "choices": choices, "check": check, "allowed": allowed},
@@ -178,8 +183,8 @@ class Recipe:
     )
     pooling: str = _knob(
         "avg",
-        "Pooling before the classifier: global average, or a learned attention query.",
-        choices=models.POOLING_TYPES,
+        "Pooling before the classifier.",
+        choices=models.POOLINGS,
     )
     aux_loss_weight: float = _knob(
         0.0,
@@ -203,8 +208,7 @@ class Recipe:
     )
     lr_schedule: str = _knob(
         "cosine_power_cycles",
-        "Learning-rate regime after the warm-up: cycles of cosine power annealing, plain cosine "
-        "annealing, or gamma (step) decay x0.1 at 50% and 75% of training.",
+        "Learning-rate regime after the warm-up.",
         choices=LR_SCHEDULES,
     )
     lr: float = _knob(
@@ -240,7 +244,7 @@ class Recipe:
         allowed="must be >= 0 and <= lr",
     )
     optimizer: str = _knob(
-        "sgd_nesterov", "Optimizer.", choices=optimizers.OPTIMIZER_NAMES
+        "sgd_nesterov", "Optimizer.", choices=optimizers.OPTIMIZERS
     )
     momentum: float = _knob(
         0.9,
@@ -262,9 +266,8 @@ class Recipe:
     )
     weight_decay_schedule: str = _knob(
         "constant",
-        "Weight decay over training: constant; linear from weight_decay to weight_decay_end; "
-        "cycles: steps up at each LR cycle, reaching weight_decay_end in the last; lr: "
-        "proportional to the learning rate.",
+        "Weight decay over training, from weight_decay (to weight_decay_end for linear and "
+        "cycles).",
         choices=schedules.REGULARIZATION_POLICIES,
     )
     weight_decay_end: float = _knob(
@@ -284,15 +287,13 @@ class Recipe:
     )
     augment: str = _knob(
         "autoaugment",
-        "Training augmentation policy: AutoAugment (ImageNet policy), the standard colour "
-        "jitter, or none. Applied after the crop scheme, to training batches only.",
+        "Training augmentation policy, applied after the crop scheme, to training batches "
+        "only.",
         choices=AUGMENTS,
     )
     crop_scheme: str = _knob(
         "pad_and_crop",
-        "Crop and flip of every training image: pad_and_crop (pad 1/8 of the size, random "
-        "crop back, horizontal flip), random_resized_crop (Inception-style scale 0.25-1, "
-        "flip), or none (neither crop nor flip).",
+        "Crop and flip of every training image.",
         choices=CROP_SCHEMES,
     )
     crop_fraction: float = _knob(
@@ -482,7 +483,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         help_text = meta["help"] + (f" ({meta['allowed']})" if meta["allowed"] else "")
         kind = field.type
         if meta["choices"] is not None:
-            flags.DEFINE_enum(field.name, field.default, list(meta["choices"]), meta["help"],
+            choices = meta["choices"]
+            if isinstance(choices, Registry):
+                help_text = f"{meta['help']} {choices.help_text()}."
+            flags.DEFINE_enum(field.name, field.default, list(choices), help_text,
                               flag_values=flag_values)
         elif kind is bool:
             flags.DEFINE_bool(field.name, field.default, help_text, flag_values=flag_values)

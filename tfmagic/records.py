@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfmagic._atomic import write_atomic
+from tfmagic._atomic import atomic_path, write_atomic
 
 IMAGE_FEATURE = "image/encoded"
 LABEL_FEATURE = "image/class/label"
@@ -297,8 +297,8 @@ def write_shards(output_dir: str, prefix: str, items: list[tuple[str, int]],
     """Write ``(file, label)`` items, in the given order, as TFRecord shards of about
     ``shard_bytes`` each (by the files' sizes), every file's bytes as they are.
 
-    Each shard is written under a temporary name and renamed when complete, so a shard with
-    its final name is whole. Returns the shards' paths.
+    Each shard is written atomically (`tfmagic._atomic`), so a shard with its final name is
+    whole. Returns the shards' paths.
     """
     sizes = np.array([tf.io.gfile.stat(file).length for file, _ in items], np.int64)
     count = max(1, int(np.ceil(sizes.sum() / shard_bytes)))
@@ -306,13 +306,11 @@ def write_shards(output_dir: str, prefix: str, items: list[tuple[str, int]],
     paths = []
     for shard in range(count):
         path = tf.io.gfile.join(output_dir, shard_name(prefix, shard, count))
-        partial = tf.io.gfile.join(output_dir, f".partial-{shard_name(prefix, shard, count)}")
-        with tf.io.TFRecordWriter(partial) as writer:
+        with atomic_path(path) as partial, tf.io.TFRecordWriter(partial) as writer:
             for file, label in items[bounds[shard]:bounds[shard + 1]]:
                 with tf.io.gfile.GFile(file, "rb") as f:
                     contents = f.read()
                 writer.write(_example(contents, label, class_names[label],
                                       os.path.basename(file)))
-        tf.io.gfile.rename(partial, path, overwrite=True)
         paths.append(path)
     return paths

@@ -15,7 +15,7 @@ Example:
 >>> schedule = CosinePowerAnnealing(0.1, total_steps=1000, power=2.0, cycles=2,
 ...                                 cycle_decay=0.5, warmup_steps=50)
 >>> optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
->>> [round(float(schedule(s)), 4) for s in (0, 50, 525, 526, 1000)]
+>>> [round(float(schedule(s)), 4) for s in (0, 50, 524, 525, 1000)]
 [0.0, 0.1, 0.0, 0.05, 0.0]
 """
 
@@ -25,6 +25,7 @@ import keras
 from keras import ops
 
 from tfmagic._checks import check, is_number
+from tfmagic.registry import Registry
 
 __all__ = [
     "CosineAnnealing",
@@ -32,9 +33,12 @@ __all__ = [
     "GammaDecay",
     "REGULARIZATION_POLICIES",
     "RegularizationSchedule",
+    "WarmupSchedule",
 ]
 
-REGULARIZATION_POLICIES = ("constant", "linear", "cycles", "lr")
+REGULARIZATION_POLICIES = Registry("policy")
+"""The policies of `RegularizationSchedule`: name -> its value, a function of the schedule and
+the float step."""
 
 
 def _float_step(step):
@@ -44,13 +48,30 @@ def _float_step(step):
     return ops.cast(step, dtype)
 
 
-class _WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak_lr` joined to a decay.
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak_lr` joined to a decay: the base of tfmagic's LR schedules.
 
-    Subclasses define `_decay(steps, dtype)`, the value `steps` after the warm-up, and
-    `cycle_index(step)`, the 0-based index of the LR cycle a step is in (used by the
-    "cycles" policy of `RegularizationSchedule`).
+    A subclass defines `_decay(steps, dtype)`, the value `steps` after the warm-up, and
+    states its own LR cycles: `cycle_count`, how many there are, and `cycle_index(step)`,
+    the 0-based index of the cycle a step is in (by default one cycle). The "cycles" and
+    "lr" policies of `RegularizationSchedule` read these, so every weight-decay policy works
+    with a new schedule.
+
+    Example: linear decay to zero after the warm-up.
+
+    >>> class LinearDecay(WarmupSchedule):
+    ...     def _decay(self, steps, dtype):
+    ...         return ops.cast(self.peak_lr * (1.0 - steps / self.decay_steps), dtype)
+    >>> schedule = LinearDecay(0.1, total_steps=110, warmup_steps=10)
+    >>> [round(float(schedule(s)), 3) for s in (5, 10, 60, 110)], schedule.cycle_count
+    ([0.05, 0.1, 0.05, 0.0], 1)
     """
+
+    cycle_count = 1
+
+    def cycle_index(self, step):
+        """The 0-based LR cycle of a step (a float tensor): 0 for a one-cycle schedule."""
+        return ops.zeros_like(_float_step(step))
 
     def __init__(self, peak_lr, total_steps, warmup_steps=0, warmup_start_lr=0.0):
         check(is_number(peak_lr) and peak_lr > 0, "peak_lr", peak_lr, "must be a number > 0")
@@ -90,7 +111,7 @@ class _WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="tfmagic")
-class CosinePowerAnnealing(_WarmupSchedule):
+class CosinePowerAnnealing(WarmupSchedule):
     """Cycles of cosine power annealing after a linear warm-up.
 
     The steps after the warm-up are split into `cycles` equal cycles; cycle k (from 0)
@@ -159,6 +180,11 @@ class CosinePowerAnnealing(_WarmupSchedule):
         peak = self.peak_lr * ops.power(ops.cast(self.cycle_decay, dtype), cycle)
         return ops.cast(self.min_lr + (peak - self.min_lr) * shape, dtype)
 
+    @property
+    def cycle_count(self) -> int:
+        """Number of LR cycles."""
+        return self.cycles
+
     def cycle_index(self, step):
         steps = ops.maximum(_float_step(step) - self.warmup_steps, 0.0)
         return self._cycle_and_progress(steps)[0]
@@ -198,7 +224,7 @@ class CosineAnnealing(CosinePowerAnnealing):
 
 
 @keras.saving.register_keras_serializable(package="tfmagic")
-class GammaDecay(_WarmupSchedule):
+class GammaDecay(WarmupSchedule):
     """Step decay: the peak learning rate times `gamma` at each milestone.
 
     `milestones` are fractions of `total_steps`, counted from step 0 (warm-up included):
@@ -227,6 +253,11 @@ class GammaDecay(_WarmupSchedule):
         self.gamma = float(gamma)
         self.milestones = tuple(float(m) for m in milestones)
         self.milestone_steps = tuple(steps)
+
+    @property
+    def cycle_count(self) -> int:
+        """The spans between milestones count as cycles: one more than the milestones."""
+        return len(self.milestone_steps) + 1
 
     def cycle_index(self, step):
         step = _float_step(step)
@@ -279,9 +310,11 @@ class RegularizationSchedule(keras.optimizers.schedules.LearningRateSchedule):
         check(factor is None or (is_number(factor) and factor > 0), "factor", factor,
               "must be None or a number > 0")
         if policy in ("cycles", "lr"):
-            check(isinstance(lr_schedule, _WarmupSchedule), "lr_schedule", lr_schedule,
-                  f"policy {policy!r} needs a tfmagic LR schedule (CosinePowerAnnealing, "
-                  "CosineAnnealing or GammaDecay)")
+            check(all(hasattr(lr_schedule, a) for a in ("cycle_count", "cycle_index", "peak_lr")),
+                  "lr_schedule", lr_schedule,
+                  f"policy {policy!r} needs an LR schedule that states its peak_lr and its "
+                  "cycles (cycle_count, cycle_index), such as CosinePowerAnnealing, "
+                  "CosineAnnealing or GammaDecay")
         if policy == "linear":
             if total_steps is None and lr_schedule is not None:
                 total_steps = lr_schedule.total_steps
@@ -289,7 +322,7 @@ class RegularizationSchedule(keras.optimizers.schedules.LearningRateSchedule):
             check(isinstance(total_steps, int) and total_steps >= 1, "total_steps",
                   total_steps, "policy 'linear' needs total_steps >= 1 (or an lr_schedule)")
         if policy == "cycles":
-            cycles = _cycle_count(lr_schedule)
+            cycles = lr_schedule.cycle_count
             check(factor is not None or end is not None, "factor", factor,
                   "policy 'cycles' needs factor or end")
             if factor is None:
@@ -305,18 +338,7 @@ class RegularizationSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = _float_step(step)
-        dtype = step.dtype
-        if self.policy == "linear":
-            fraction = ops.clip(step / self.total_steps, 0.0, 1.0)
-            value = self.base + (self.end - self.base) * fraction
-        elif self.policy == "cycles":
-            value = self.base * ops.power(ops.cast(self.factor, dtype),
-                                          self.lr_schedule.cycle_index(step))
-        elif self.policy == "lr":
-            value = self.base * self.lr_schedule(step) / self.lr_schedule.peak_lr
-        else:
-            value = ops.zeros_like(step) + self.base
-        return ops.cast(value, dtype)
+        return ops.cast(REGULARIZATION_POLICIES.build(self.policy, self, step), step.dtype)
 
     def get_config(self):
         return {
@@ -330,7 +352,25 @@ class RegularizationSchedule(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def _cycle_count(lr_schedule) -> int:
-    if isinstance(lr_schedule, CosinePowerAnnealing):
-        return lr_schedule.cycles
-    return len(lr_schedule.milestone_steps) + 1
+@REGULARIZATION_POLICIES.register("constant", help="the same value at every step")
+def _constant(schedule: RegularizationSchedule, step):
+    return ops.zeros_like(step) + schedule.base
+
+
+@REGULARIZATION_POLICIES.register(
+    "linear", help="from the base value to the end value, linearly over training")
+def _linear(schedule: RegularizationSchedule, step):
+    fraction = ops.clip(step / schedule.total_steps, 0.0, 1.0)
+    return schedule.base + (schedule.end - schedule.base) * fraction
+
+
+@REGULARIZATION_POLICIES.register(
+    "cycles", help="steps up at each LR cycle, reaching the end value in the last")
+def _cycles(schedule: RegularizationSchedule, step):
+    factor = ops.cast(schedule.factor, step.dtype)
+    return schedule.base * ops.power(factor, schedule.lr_schedule.cycle_index(step))
+
+
+@REGULARIZATION_POLICIES.register("lr", help="proportional to the learning rate")
+def _proportional_to_lr(schedule: RegularizationSchedule, step):
+    return schedule.base * schedule.lr_schedule(step) / schedule.lr_schedule.peak_lr

@@ -15,6 +15,9 @@ A run reads its data, builds the backbone, the optimizer and the loss, trains wi
   compiled;
 - `result.json`: the outcome, written last and atomically. Its presence marks a finished run.
 
+These names, and what a run may do with an output directory that already holds one, are
+`tfmagic.rundir`'s.
+
 The model, optimizer, loss and metrics are built under the recipe's `tf.distribute` strategy
 (`tfmagic.distribute`), with its precision policy, `jit_compile` and `steps_per_execution`.
 In a multi-worker run only the chief writes these files.
@@ -25,7 +28,6 @@ overwritten unless `overwrite=True`. A run whose loss becomes NaN or infinite st
 ends with `"status": "diverged"` in result.json instead of raising.
 """
 
-import csv
 import dataclasses
 import json
 import math
@@ -41,39 +43,28 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 import tfmagic
-from tfmagic import data, distribute, models, plots
-from tfmagic._atomic import atomic_path, writable_problem, write_atomic
+from tfmagic import data, distribute, models, plots, rundir
+from tfmagic._atomic import atomic_path, write_atomic
 from tfmagic.augment import pipeline as augmentation
+from tfmagic.callbacks import BackupAndRestore, DivergenceGuard, ScheduleLogger, ThroughputLogger
+from tfmagic.choices import CROP_LOADER_SCALES
 from tfmagic.layers import auxiliary_loss_weights, strip_auxiliary
 from tfmagic.losses import LabelSmoothingCrossEntropy
 from tfmagic.optimizers import build_optimizer
-from tfmagic.recipe import FlagfileError, Recipe, RecipeError
-from tfmagic.schedules import (
-    CosineAnnealing,
-    CosinePowerAnnealing,
-    GammaDecay,
-    RegularizationSchedule,
+from tfmagic.recipe import Recipe, RecipeError
+from tfmagic.rundir import (
+    BACKUP_DIR,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RECIPE_FILE,
+    REPLACED_DIR,
+    RESULT_FILE,
+    SCHEDULES_PLOT,
+    TENSORBOARD_DIR,
 )
-
-RESULT_FILE = "result.json"
-HISTORY_FILE = "history.csv"
-MODEL_FILE = "model.keras"
-RECIPE_FILE = "recipe.cfg"
-SCHEDULES_PLOT = "schedules.png"
-BACKUP_DIR = "backup"
-TENSORBOARD_DIR = "tensorboard"
-REPLACED_DIR = ".replaced"
-# The result first: a directory without it is never taken for a finished run.
-_RUN_FILES = (RESULT_FILE, HISTORY_FILE, MODEL_FILE, RECIPE_FILE, SCHEDULES_PLOT, BACKUP_DIR,
-              TENSORBOARD_DIR)
-
-
-class OutputDirError(RuntimeError):
-    """The output directory cannot receive this run (not writable, or holds another run)."""
-
-
-class RunExistsError(OutputDirError):
-    """The output directory holds a run that this call must not continue or replace."""
+from tfmagic.rundir import OutputDirError as OutputDirError
+from tfmagic.rundir import RunExistsError as RunExistsError
+from tfmagic.wiring import build_schedules, steps_in_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,68 +119,6 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-class _EpochClock(keras.callbacks.Callback):
-    """Adds `epoch_time_s` and `train_images_per_s` to each epoch's logs.
-
-    Only epoch and test hooks are used, so the compiled train loop runs undisturbed. The
-    training time of an epoch ends where its validation begins.
-    """
-
-    def __init__(self, train_images: int):
-        super().__init__()
-        self.train_images = train_images
-        self.first_epoch: int | None = None
-        self._start = None
-        self._train_end = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.first_epoch is None:
-            self.first_epoch = epoch
-        self._start = time.perf_counter()
-        self._train_end = None
-
-    def on_test_begin(self, logs=None):
-        if self._start is not None and self._train_end is None:
-            self._train_end = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        train_time = (self._train_end or now) - self._start
-        logs["epoch_time_s"] = now - self._start
-        logs["train_images_per_s"] = self.train_images / train_time
-
-
-class _ScheduleLog(keras.callbacks.Callback):
-    """Adds `learning_rate` and `weight_decay` (at the epoch's last step) to epoch logs."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        optimizer = self.model.optimizer
-        logs["learning_rate"] = float(optimizer.learning_rate)
-        logs["weight_decay"] = float(
-            getattr(optimizer, "inner_optimizer", optimizer).current_weight_decay())
-
-
-class _DivergenceWatch(keras.callbacks.TerminateOnNaN):
-    """TerminateOnNaN that also remembers that the loss stopped being finite.
-
-    Its batch check runs on Keras' callback thread (`async_safe`), so the train loop does
-    not wait for each step's loss; training stops at most a few steps after the first
-    non-finite loss. A stop asked for by another callback is not a divergence.
-    """
-
-    async_safe = True
-
-    def __init__(self):
-        super().__init__()
-        self.diverged = False
-
-    def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.diverged = True
-        super().on_batch_end(batch, logs)
-
-
 def train(
     recipe: Recipe,
     *,
@@ -222,13 +151,16 @@ def train(
 
     Example:
 
-    >>> result = train(Recipe(train_subset=2000, epochs=2, output_dir="/tmp/quick"))
-    >>> result.status, result.epochs_run
-    ('completed', 2)
+    >>> import tempfile
+    >>> quick = Recipe(train_subset=1000, epochs=1, model="mobilenet_small", width=0.25,
+    ...                output_dir=tempfile.mkdtemp())
+    >>> result = train(quick, verbose=0)
+    >>> result.status, result.epochs_run, sorted(os.listdir(quick.output_dir))[:3]
+    ('completed', 1, ['history.csv', 'model.keras', 'recipe.cfg'])
     """
     started = time.perf_counter()
     chief = distribute.is_chief()
-    replace = _check_output_dir(recipe, overwrite) if chief else False
+    replace = rundir.check_output_dir(recipe, overwrite) if chief else False
     verbosity = _verbosity(verbose)
     strategy = distribute.make_strategy(recipe.strategy)
     if verbosity:
@@ -289,7 +221,7 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, replac
         kind, index = distribute.task()
         out = os.path.join(recipe.output_dir, BACKUP_DIR, f"{kind}-{index}")
     if replace:
-        _set_aside(out)
+        rundir.set_aside(out)
     try:
         if chief:
             os.makedirs(out, exist_ok=True)
@@ -300,7 +232,7 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, replac
                                    verbose, callbacks)
     except BaseException:
         if replace:
-            _put_back(out)
+            rundir.put_back(out)
         raise
     if replace:
         shutil.rmtree(os.path.join(out, REPLACED_DIR), ignore_errors=True)
@@ -337,15 +269,14 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
     """
     auxiliary = recipe.aux_loss_weight > 0
     os.makedirs(out, exist_ok=True)
-    backup = _AtomicBackup(os.path.join(out, BACKUP_DIR))
-    first_epoch = backup.resume_epoch(strategy)
+    backup = BackupAndRestore(os.path.join(out, BACKUP_DIR), delete_checkpoint=False)
+    first_epoch = backup.initial_epoch(strategy)
     train_data = _training_input(splits, first_epoch, strategy, recipe.batch_size, auxiliary)
     validation_data = splits.validation
     if auxiliary:
         validation_data = validation_data and validation_data.map(_duplicate_labels)
-    _drop_partial_line(os.path.join(out, HISTORY_FILE))
-    clock = _EpochClock(splits.train_size)
-    watch = _DivergenceWatch()
+    rundir.drop_partial_line(os.path.join(out, HISTORY_FILE))
+    guard = DivergenceGuard()
     with distribute.multi_worker_fit(model):
         model.fit(
             train_data,
@@ -355,29 +286,28 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
             shuffle=False,
             verbose=verbose,
             callbacks=[
-                watch,
+                guard,
                 *([_MainOutputLogs()] if auxiliary else []),
-                _ScheduleLog(),
-                clock,
+                ScheduleLogger(),
+                ThroughputLogger(splits.train_size),
                 keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
                 *([_async_safe(keras.callbacks.TensorBoard(
                     os.path.join(out, TENSORBOARD_DIR), write_graph=False, profile_batch=0,
                     update_freq="epoch",
                 ))] if chief else []),
                 # Last of tfmagic's own: an epoch is checkpointed only after its row is logged, so
-                # a kill in between repeats the epoch (and _tidy_history keeps one row) instead of
+                # a kill in between repeats the epoch (and tidy_history keeps one row) instead of
                 # losing the row.
-                _async_safe(backup),
+                backup,
                 *(callbacks or []),
             ],
         )
-    history = _tidy_history(os.path.join(out, HISTORY_FILE))
-    resumed_from = recipe.epochs if clock.first_epoch is None else clock.first_epoch
+    history = rundir.tidy_history(os.path.join(out, HISTORY_FILE))
 
     test_loss = test_accuracy = None
     if auxiliary:
         model = strip_auxiliary(model)
-    if not watch.diverged:
+    if not guard.diverged:
         if chief:
             with atomic_path(os.path.join(out, MODEL_FILE)) as partial:
                 model.save(partial)
@@ -389,11 +319,11 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
                     distribute.shard_by_example(splits.test, strategy), verbose=0,
                     return_dict=False)
             )
-    earlier_epochs = sum(row["epoch_time_s"] for row in history if row["epoch"] < resumed_from)
+    earlier_epochs = sum(row["epoch_time_s"] for row in history if row["epoch"] < first_epoch)
     val_accuracies = [row["val_accuracy"] for row in history if "val_accuracy" in row]
     speeds = [row["train_images_per_s"] for row in history]
     result = TrainResult(
-        status="diverged" if watch.diverged else "completed",
+        status="diverged" if guard.diverged else "completed",
         output_dir=os.path.abspath(out),
         test_accuracy=test_accuracy,
         test_loss=test_loss,
@@ -403,7 +333,7 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
         wall_time_s=earlier_epochs + time.perf_counter() - started,
         train_images_per_s=float(np.mean(speeds[1:] or speeds)) if speeds else None,
         params=model.count_params(),
-        resumed_from_epoch=resumed_from,
+        resumed_from_epoch=first_epoch,
         recipe=recipe,
         streamed=splits.streamed,
         input_mean=None if models.is_application(recipe.model) else splits.mean,
@@ -447,8 +377,7 @@ def _load_data(recipe: Recipe) -> data.DataSplits:
         validation_fraction=recipe.validation_fraction,
         image_size=recipe.image_size or None,
         augment=augmentation.build_train_augment(recipe, resized_crop=False),
-        crop_scale=(augmentation.CROP_SCALE if recipe.crop_scheme == "random_resized_crop"
-                    else None),
+        crop_scale=CROP_LOADER_SCALES.get(recipe.crop_scheme),
         crop_fraction=recipe.crop_fraction,
         cache=recipe.cache,
         label_base=recipe.label_base,
@@ -500,50 +429,6 @@ def _async_safe(callback: keras.callbacks.Callback) -> keras.callbacks.Callback:
     return callback
 
 
-def steps_in_epoch(recipe: Recipe, train_size: int) -> int:
-    """Optimizer steps per epoch: one per batch, the last one possibly smaller."""
-    return math.ceil(train_size / recipe.batch_size)
-
-
-def build_schedules(
-    recipe: Recipe, steps_per_epoch: int
-) -> tuple[keras.optimizers.schedules.LearningRateSchedule, RegularizationSchedule | None]:
-    """The recipe's LR schedule and weight-decay schedule (None for a constant decay).
-
-    `cosine_power_cycles` uses lr_power, lr_cycles and lr_cycle_decay; `cosine` is one
-    plain cosine decay and `gamma` the classic x0.1 at 50% and 75% of training; all three
-    share the warm-up and (except gamma) the min_lr floor. With `lr_scaling="linear"`, lr
-    and min_lr are multiplied by `batch_size / 128` (`tfmagic.distribute`).
-    """
-    total = recipe.epochs * steps_per_epoch
-    warmup = round(recipe.warmup_epochs * steps_per_epoch)
-    factor = distribute.lr_factor(recipe.batch_size, recipe.lr_scaling)
-    peak, floor = recipe.lr * factor, recipe.min_lr * factor
-    try:
-        if recipe.lr_schedule == "gamma":
-            lr = GammaDecay(peak, total, warmup_steps=warmup)
-        elif recipe.lr_schedule == "cosine":
-            lr = CosineAnnealing(peak, total, warmup_steps=warmup, min_lr=floor)
-        else:
-            lr = CosinePowerAnnealing(
-                peak, total, power=recipe.lr_power, cycles=recipe.lr_cycles,
-                cycle_decay=recipe.lr_cycle_decay, warmup_steps=warmup, min_lr=floor,
-            )
-    except ValueError as error:
-        raise RecipeError("lr_schedule", recipe.lr_schedule,
-                          f"{error} ({total} steps, {warmup} of warm-up)") from None
-    policy = recipe.weight_decay_schedule
-    if policy == "constant":
-        return lr, None
-    end = recipe.final_weight_decay if policy in ("linear", "cycles") else None
-    try:
-        wd = RegularizationSchedule(recipe.weight_decay, policy, end=end, lr_schedule=lr,
-                                    total_steps=total)
-    except ValueError as error:
-        raise RecipeError("weight_decay_schedule", policy, str(error)) from None
-    return lr, wd
-
-
 def _verbosity(verbose: int | str) -> int:
     if verbose == "auto":
         return 1 if os.isatty(1) else 2
@@ -551,167 +436,3 @@ def _verbosity(verbose: int | str) -> int:
         raise ValueError(f"verbose={verbose!r} is not allowed: must be 0, 1, 2 or 'auto'")
     return verbose
 
-
-def _check_output_dir(recipe: Recipe, overwrite: bool) -> bool:
-    """Refuse an output directory that cannot be written, or one whose run this call must
-    not touch; allow a resume. Returns whether a run there is to be replaced (`overwrite`)."""
-    out = recipe.output_dir
-    problem = writable_problem(out)
-    if problem:
-        raise OutputDirError(f"output_dir={out!r} cannot be used: {problem}")
-    if not os.path.isdir(out):
-        return False
-    conflict = None
-    recipe_file = os.path.join(out, RECIPE_FILE)
-    if os.path.exists(os.path.join(out, RESULT_FILE)):
-        conflict = f"output_dir={out!r} holds a finished run ({RESULT_FILE})"
-    elif os.path.exists(recipe_file):
-        try:
-            previous = Recipe.from_flagfile(recipe_file)
-        except (FlagfileError, RecipeError) as error:
-            conflict = (f"output_dir={out!r} holds an unfinished run whose {RECIPE_FILE} cannot "
-                        f"be read ({error}); fix or remove {recipe_file}")
-        else:
-            changed = [
-                f.name
-                for f in dataclasses.fields(Recipe)
-                if f.name != "output_dir" and getattr(previous, f.name) != getattr(recipe, f.name)
-            ]
-            if changed:
-                conflict = (
-                    f"output_dir={out!r} holds an unfinished run of a different recipe "
-                    f"(changed: {', '.join(changed)})"
-                )
-    if conflict is None:
-        return False
-    if not overwrite:
-        raise RunExistsError(
-            f"{conflict}; pass overwrite=True (--overwrite) to replace it, "
-            "or choose another output_dir"
-        )
-    return True
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-def _set_aside(out: str) -> None:
-    """Move the run in `out` to `out/.replaced/` (result first), to be deleted once the new
-    run has finished. A run already set aside by an interrupted replacement is the one kept:
-    the unfinished run in `out` is then removed."""
-    aside = os.path.join(out, REPLACED_DIR)
-    earlier = os.path.isdir(aside)
-    os.makedirs(aside, exist_ok=True)
-    for name in _RUN_FILES:
-        path = os.path.join(out, name)
-        if earlier:
-            _remove(path)
-        elif os.path.lexists(path):
-            os.replace(path, os.path.join(aside, name))
-
-
-def _put_back(out: str) -> None:
-    """Undo `_set_aside` after the new run failed: its files go, the old run comes back."""
-    aside = os.path.join(out, REPLACED_DIR)
-    for name in reversed(_RUN_FILES):
-        _remove(os.path.join(out, name))
-        if os.path.lexists(os.path.join(aside, name)):
-            os.replace(os.path.join(aside, name), os.path.join(out, name))
-    os.rmdir(aside)
-
-
-class _AtomicBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore (once per epoch, kept after training) whose checkpoint survives a
-    kill at any moment, and whose workers resume together.
-
-    Keras writes the weights and the epoch number in place, one after the other, so a kill
-    while writing leaves a corrupt or mismatched checkpoint. Here the weights after epoch N
-    go to their own file ``epoch-N.weights.h5``; only then is ``training_metadata.json``
-    replaced (atomically) to name them and the previous epoch's file, and older weight
-    files are removed. A restart finds either the previous checkpoint or the new one, both
-    whole.
-
-    Each worker of a multi-worker run keeps its own checkpoint, and a kill can come between
-    two workers' saves, so on restart they may be one epoch apart: all of them resume from
-    the earliest, which every worker still holds.
-    """
-
-    def __init__(self, backup_dir: str):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
-        self._resume_epoch: int | None = None
-
-    def _saved(self) -> dict[int, str]:
-        """Epoch number -> weight file of the checkpoints this worker holds."""
-        if not os.path.exists(self._training_metadata_path):
-            return {}
-        with open(self._training_metadata_path) as f:
-            metadata = json.load(f)
-        saved = {metadata["epoch"]: metadata["weights"]}
-        if metadata.get("previous"):
-            saved[metadata["previous"]["epoch"]] = metadata["previous"]["weights"]
-        return saved
-
-    def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        weights = f"epoch-{self._current_epoch}.weights.h5"
-        self.model.save_weights(os.path.join(self.backup_dir, weights), overwrite=True)
-        saved = self._saved()
-        earlier = [epoch for epoch in saved if epoch < self._current_epoch]
-        previous = {"epoch": max(earlier), "weights": saved[max(earlier)]} if earlier else None
-        write_atomic(self._training_metadata_path, json.dumps(
-            {"epoch": self._current_epoch, "weights": weights, "previous": previous}))
-        kept = {weights, previous and previous["weights"]}
-        for name in os.listdir(self.backup_dir):
-            if name.endswith(".weights.h5") and name not in kept:
-                os.remove(os.path.join(self.backup_dir, name))
-
-    def resume_epoch(self, strategy: tf.distribute.Strategy) -> int:
-        """The epoch the run continues from (0: from scratch), agreed by every worker; its
-        checkpoint is restored when training begins. Every worker must call it."""
-        if self._resume_epoch is None:
-            self._resume_epoch = distribute.agree_on_epoch(strategy, max(self._saved(), default=0))
-        return self._resume_epoch
-
-    def _load_model(self):
-        saved = self._saved()
-        mine = max(saved, default=0)
-        epoch = self.resume_epoch(self.model.distribute_strategy)
-        if epoch == 0:
-            return
-        if epoch not in saved:
-            raise RuntimeError(
-                f"this worker's checkpoint in {self.backup_dir} is at epoch {mine} and "
-                f"another worker's at epoch {epoch}, too far apart to resume together; "
-                "remove backup/ under output_dir on every worker to start the run again")
-        optimizer = self.model.optimizer
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(os.path.join(self.backup_dir, saved[epoch]))
-        self.model._initial_epoch = epoch
-
-
-def _drop_partial_line(path: str) -> None:
-    """Cut a history file after its last complete line (a kill may interrupt a row)."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        text = f.read()
-        f.truncate(text.rfind(b"\n") + 1)
-
-
-def _tidy_history(path: str) -> list[dict[str, float]]:
-    """Keep the last row of each epoch (a killed run may have logged an epoch twice)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        rows = {int(row["epoch"]): row for row in reader}
-    ordered = [rows[epoch] for epoch in sorted(rows)]
-    lines = [",".join(columns)] + [",".join(row[c] for c in columns) for row in ordered]
-    write_atomic(path, "\n".join(lines) + "\n")
-    return [{c: float(row[c]) for c in columns if row[c] not in ("", "NA")} for row in ordered]

@@ -1,12 +1,15 @@
 """A recipe's augmentation, assembled for the input pipeline, and a preview of it.
 
+This module belongs to the run layer (it reads a Recipe and draws with matplotlib); the
+`tfmagic.augment` package imports it only when one of its names is asked for.
+
 Training batches (float32, 0..255) go through, in this order:
 
-1. the crop scheme (`crop_scheme`): `pad_and_crop` (pad 1/8 of the image side, reflect,
-   random crop back to size, horizontal flip), `random_resized_crop` (scale 0.25-1,
-   aspect 3/4-4/3, flip) or nothing;
-2. the policy (`augment`): AutoAugment's ImageNet policy, the colour jitter baseline, or
-   nothing;
+1. the crop scheme (`crop_scheme`, from `tfmagic.choices.CROP_SCHEMES`): `pad_and_crop` (pad
+   1/8 of the image side, reflect, random crop back to size, horizontal flip),
+   `random_resized_crop` (scale 0.25-1, aspect 3/4-4/3, flip) or nothing;
+2. the policy (`augment`, from `tfmagic.choices.AUGMENTS`): AutoAugment's ImageNet policy,
+   the colour jitter baseline, or nothing;
 3. Cutout (`cutout` > 0): a square of that fraction of the side, filled with black (0);
 4. mixing (`mixup_alpha`, `cutmix_alpha` > 0): labels become soft; with both on, each batch
    is mixed by one of the two, chosen with probability 1/2.
@@ -22,14 +25,13 @@ from matplotlib.figure import Figure
 
 from tfmagic import data
 from tfmagic.augment import seeding
-from tfmagic.augment.autoaugment import AutoAugment
-from tfmagic.augment.color import ColorAugment
-from tfmagic.augment.crops import center_crop, pad_and_crop, random_resized_crop
+from tfmagic.augment.crops import center_crop
 from tfmagic.augment.erasing import Cutout
 from tfmagic.augment.mixing import CutMix, MixUp
+from tfmagic.choices import AUGMENTS, CROP_LOADER_SCALES, CROP_SCALE, CROP_SCHEMES
 from tfmagic.plots import save_figure
 
-CROP_SCALE = (0.25, 1.0)
+__all__ = ["CROP_SCALE", "build_eval_transform", "build_train_augment", "preview"]
 
 
 def _seed(recipe, part: int) -> int:
@@ -41,21 +43,17 @@ def build_train_augment(recipe, resized_crop: bool = True):
     """The recipe's training augmentation as an `(images, labels) -> (images, labels)`
     callable for `tfmagic.data.load(augment=...)`, or None when it does nothing.
 
-    With `resized_crop=False` the `random_resized_crop` crop scheme is left out, for an input
-    pipeline that cuts it itself (`data.load(crop_scale=CROP_SCALE)`, from the original file
-    when the data is streamed).
+    With `resized_crop=False` a crop scheme that the input pipeline cuts itself
+    (`random_resized_crop`: `data.load(crop_scale=CROP_SCALE)`, from the original file when
+    the data is streamed; see `tfmagic.choices.CROP_LOADER_SCALES`) is left out.
 
     With mixing on, the pipeline must give one-hot labels (`data.load(one_hot=True)`).
     """
     steps = []
-    if recipe.crop_scheme == "pad_and_crop":
-        steps.append(_images_only(pad_and_crop(pad=None, seed=_seed(recipe, 1))))
-    elif recipe.crop_scheme == "random_resized_crop" and resized_crop:
-        steps.append(_images_only(random_resized_crop(scale=CROP_SCALE, seed=_seed(recipe, 1))))
-    if recipe.augment == "autoaugment":
-        steps.append(_images_only(AutoAugment(value_range=(0, 255), seed=_seed(recipe, 2))))
-    elif recipe.augment == "color":
-        steps.append(_images_only(ColorAugment(value_range=(0, 255), seed=_seed(recipe, 2))))
+    crop = (None if recipe.crop_scheme in CROP_LOADER_SCALES and not resized_crop
+            else CROP_SCHEMES.build(recipe.crop_scheme, recipe, _seed(recipe, 1)))
+    policy = AUGMENTS.build(recipe.augment, recipe, _seed(recipe, 2))
+    steps += [_images_only(transform) for transform in (crop, policy) if transform is not None]
     if recipe.cutout > 0:
         steps.append(_images_only(Cutout(size=recipe.cutout, seed=_seed(recipe, 3))))
     mixers = []

@@ -16,11 +16,13 @@ The runner leaves in an output directory OUT:
   (`{"status": "failed" | "skipped", "reason": ...}`) one that crashed or was skipped;
   neither, one still pending.
 
-`read_run` gives each run directory one state: "done", "failed", "skipped", "pending", or
-"unreadable" when its result.json or failure.json is not what train() or the runner writes
-(invalid JSON, not an object, a status other than theirs, a completed result without numeric
-test_accuracy and wall_time_s, ...). An unreadable run is reported with the file and what is
-wrong, counts as a failed seed, and never blocks the rest of the report.
+`read_run` (`tfmagic.rundir`) gives each run directory one state: "done", "failed",
+"skipped", "pending", or "unreadable" when its result.json or failure.json is not what train()
+or the runner writes (invalid JSON, not an object, a status other than theirs, a completed
+result without numeric test_accuracy and wall_time_s, ...). An unreadable run is reported with
+the file and what is wrong, counts as a failed seed, and never blocks the rest of the report.
+`tfmagic.checklist.summaries` sums the runs up per trial with its verdict and
+`tfmagic.checklist.best` merges the winners; this module renders them.
 
 Selection reads the validation split only. Verdicts, the ranking and best.cfg compare each
 run's validation accuracy after its last epoch (result.json's `val_accuracy`; the last row of
@@ -67,52 +69,42 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from tfmagic import rundir
 from tfmagic._atomic import write_atomic
-from tfmagic._checks import check, is_int, is_number
+from tfmagic._checks import check, is_number
 from tfmagic.checklist import stats
+from tfmagic.checklist.best import Best, merge_best
+from tfmagic.checklist.best import best_recipe as best_recipe
+from tfmagic.checklist.summaries import (
+    BASELINE,
+    CONFIRM_BEST,
+    CONFIRM_GROUP,
+    CONFIRM_WITHOUT,
+    STATUSES,
+    TrialSummary,
+    summarize,
+)
+from tfmagic.checklist.summaries import collect as collect
 from tfmagic.plots import save_figure
-from tfmagic.recipe import Recipe, RecipeError
-from tfmagic.training import HISTORY_FILE, RESULT_FILE
+from tfmagic.recipe import Recipe
+from tfmagic.rundir import BASELINE_CFG, BEST_CFG, CURVES_PNG, REPORT_MD, REPORT_PNG, SUMMARY_CSV
+from tfmagic.rundir import BEST_DIR as BEST_DIR
+from tfmagic.rundir import FAILURE_FILE as FAILURE_FILE
+from tfmagic.rundir import FAILURE_STATUSES as FAILURE_STATUSES
+from tfmagic.rundir import PLAN_FILE as PLAN_FILE
+from tfmagic.rundir import RESULT_STATUSES as RESULT_STATUSES
+from tfmagic.rundir import TRIALS_DIR as TRIALS_DIR
+from tfmagic.rundir import UNREADABLE as UNREADABLE
+from tfmagic.rundir import read_run as read_run
+from tfmagic.rundir import val_accuracy as val_accuracy
 
-PLAN_FILE = "plan.json"
-BASELINE_CFG = "baseline.cfg"
-TRIALS_DIR = "trials"
-FAILURE_FILE = "failure.json"
-REPORT_MD = "report.md"
-SUMMARY_CSV = "summary.csv"
-REPORT_PNG = "report.png"
-CURVES_PNG = "curves.png"
-BEST_CFG = "best.cfg"
-BEST_DIR = "best"
-
-BASELINE = "baseline"
-CONFIRM_GROUP = "confirm"
-CONFIRM_BEST = "confirm_best"
-CONFIRM_WITHOUT = "confirm_without_"
-UNREADABLE = "unreadable"
-STATUSES = ("completed", "partial", "pending", "failed", "skipped", UNREADABLE)
-RESULT_STATUSES = ("completed", "diverged")
-FAILURE_STATUSES = ("failed", "skipped")
-_JSON_TYPES = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-               type(None): "null"}
-# The result.json values the report and the runner read: key -> (check, what it must be).
-# Null is allowed, except for the keys a result of its status needs.
-_RESULT_VALUES = {
-    "test_accuracy": (is_number, "a finite number"),
-    "val_accuracy": (is_number, "a finite number"),
-    "test_loss": (is_number, "a finite number"),
-    "best_val_accuracy": (is_number, "a finite number"),
-    "wall_time_s": (is_number, "a finite number"),
-    "params": (is_int, "an integer"),
-}
 SUMMARY_COLUMNS = (
     "name", "group", "description", "change", "status", "seeds_planned", "seeds_done",
     "seeds_failed", "seeds_pending", "val_accuracy_mean", "val_accuracy_std",
@@ -127,43 +119,6 @@ VERDICT_COLORS = {
 }
 _KEY_FIELDS = ("dataset", "train_subset", "model", "width", "epochs", "batch_size", "optimizer",
                "lr", "lr_schedule", "weight_decay", "augment")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialSummary:
-    """What is known about one trial: its seeds' state, their numbers and the verdict.
-
-    Means are over the finished seeds (None when there are none); the `_std` values are
-    sample standard deviations (None with fewer than 2 finished seeds). `val_accuracies` are
-    the finished seeds' last-epoch validation accuracies (seeds without a validation split
-    left out). `verdict` compares them with the baseline's, Holm-adjusted over the family of
-    trials (None for the baseline itself and for trials without validation results).
-    `run_dirs` are the finished seeds' run directories.
-    """
-
-    name: str
-    group: str
-    description: str
-    change: dict[str, Any]
-    seeds_planned: int
-    seeds_done: int
-    seeds_failed: int
-    seeds_pending: int
-    status: str
-    reasons: list[str]
-    val_accuracies: list[float]
-    val_accuracy_mean: float | None
-    val_accuracy_std: float | None
-    test_accuracies: list[float]
-    test_accuracy_mean: float | None
-    test_accuracy_std: float | None
-    best_val_accuracy_mean: float | None
-    test_loss_mean: float | None
-    wall_time_mean_s: float | None
-    wall_time_total_s: float
-    params: int | None
-    run_dirs: list[str]
-    verdict: stats.Verdict | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,47 +140,6 @@ class Report:
                 self.best_cfg)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    baseline: Recipe
-    seeds: int
-    trials: list[dict[str, Any]]
-    skipped: list[dict[str, str]]
-    policy: dict[str, Any]
-    notes: list[str]
-
-    @property
-    def min_effect(self) -> float:
-        return float(self.policy.get("min_effect", stats.MIN_EFFECT))
-
-    def seeds_of(self, trial: dict[str, Any]) -> int:
-        return int(trial.get("seeds", self.seeds))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Best:
-    recipe: Recipe
-    merged: list[str]
-    notes: list[str]
-
-
-def collect(out_dir: str | os.PathLike) -> list[TrialSummary]:
-    """Summarize every trial of the checklist in out_dir, in plan order.
-
-    Trials that plan.json lists as skipped (never run) come last, with status "skipped".
-    """
-    return _collect(os.fspath(out_dir), _read_plan(os.fspath(out_dir)))
-
-
-def best_recipe(out_dir: str | os.PathLike) -> tuple[Recipe, list[str]]:
-    """The baseline with the best "better" trial of each group merged in (see the module
-    docstring), output_dir `OUT/best`, and the names of the merged trials in order of gain."""
-    out_dir = os.fspath(out_dir)
-    plan = _read_plan(out_dir)
-    best = _merge_best(_collect(out_dir, plan), plan.baseline, out_dir)
-    return best.recipe, best.merged
-
-
 def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = None) -> Report:
     """Write report.md, summary.csv, report.png, curves.png and best.cfg into out_dir.
 
@@ -237,9 +151,9 @@ def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = Non
     out_dir = os.fspath(out_dir)
     check(total_time_s is None or (is_number(total_time_s) and total_time_s >= 0),
           "total_time_s", total_time_s, "must be None or a finite number of seconds >= 0")
-    plan = _read_plan(out_dir)
-    summaries = _collect(out_dir, plan)
-    best = _merge_best(summaries, plan.baseline, out_dir)
+    plan = rundir.read_plan(out_dir)
+    summaries = summarize(out_dir, plan)
+    best = merge_best(summaries, plan.baseline, out_dir)
     report = Report(
         report_md=os.path.join(out_dir, REPORT_MD),
         summary_csv=os.path.join(out_dir, SUMMARY_CSV),
@@ -258,254 +172,6 @@ def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = Non
     return report
 
 
-# --- reading ----------------------------------------------------------------------------
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-
-
-def _read_plan(out_dir: str) -> _Plan:
-    path = os.path.join(out_dir, PLAN_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{out_dir!r} is not a checklist directory: it has no {PLAN_FILE} "
-            "(tfmagic-checklist writes it before training anything)")
-    plan = _read_json(path)
-    missing = [key for key in ("baseline", "seeds", "trials")
-               if not isinstance(plan, dict) or key not in plan]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(map(repr, missing))}: a plan holds "
-                         "'baseline', 'seeds', 'trials' and optionally 'skipped'")
-    check(isinstance(plan["seeds"], int) and plan["seeds"] >= 1, f"{path}: seeds",
-          plan["seeds"], "must be an integer >= 1")
-    known = {field.name for field in dataclasses.fields(Recipe)}
-    unknown = sorted(set(plan["baseline"]) - known)
-    check(not unknown, f"{path}: baseline fields", unknown, "must all be Recipe fields")
-    baseline = Recipe(**plan["baseline"])
-    names = set()
-    for trial in plan["trials"]:
-        missing = [key for key in ("name", "group", "description", "change")
-                   if key not in trial]
-        if missing:
-            raise ValueError(f"{path}: trial {trial!r} lacks {', '.join(map(repr, missing))}")
-        check(trial["name"] not in names, f"{path}: trial name", trial["name"], "must be unique")
-        names.add(trial["name"])
-        unknown = sorted(set(trial["change"]) - known)
-        check(not unknown, f"{path}: fields changed by trial {trial['name']!r}", unknown,
-              "must all be Recipe fields")
-        seeds = trial.get("seeds", plan["seeds"])
-        check(is_int(seeds) and seeds >= 1, f"{path}: seeds of trial {trial['name']!r}", seeds,
-              "must be an integer >= 1")
-    skipped = plan.get("skipped", [])
-    for entry in skipped:
-        if "name" not in entry or "reason" not in entry:
-            raise ValueError(f"{path}: skipped entry {entry!r} needs 'name' and 'reason'")
-    policy = plan.get("seed_policy", {})
-    check(isinstance(policy, dict) and is_number(policy.get("min_effect", 0.0)),
-          f"{path}: seed_policy", policy, "must be an object whose min_effect is a number")
-    return _Plan(baseline, plan["seeds"], plan["trials"], skipped, policy,
-                 [str(note) for note in plan.get("notes", [])])
-
-
-def read_run(run_dir: str, relative_to: str | None = None
-             ) -> tuple[str, dict[str, Any] | None, str | None]:
-    """(state, result, reason) of one run directory.
-
-    state is "done" (a completed result.json), "failed" (a diverged result.json, or a
-    failure.json that says so), "skipped", "pending" (neither file) or "unreadable" (see the
-    module docstring). result is the parsed result.json of a done or diverged run, else
-    None. reason says why a run is not done; an unreadable run's names the file (relative to
-    ``relative_to`` when given), what is wrong with it and what to do.
-    """
-    result_path = os.path.join(run_dir, RESULT_FILE)
-    if os.path.isfile(result_path):
-        result, problem = _read_record(result_path, _result_problems)
-        if problem is not None:
-            return UNREADABLE, None, (
-                f"{_shown(result_path, relative_to)} is not a result: {problem}; fix it, or "
-                "remove it to train this seed again")
-        if result["status"] == "diverged":
-            return "failed", result, "diverged (the loss became NaN or infinite)"
-        return "done", result, None
-    failure_path = os.path.join(run_dir, FAILURE_FILE)
-    if os.path.isfile(failure_path):
-        failure, problem = _read_record(failure_path, _failure_problems)
-        if problem is not None:
-            return UNREADABLE, None, (
-                f"{_shown(failure_path, relative_to)} is not a failure record: {problem}; fix "
-                "it, or remove it to try this seed again")
-        return failure["status"], None, str(failure.get("reason") or "no reason given")
-    return "pending", None, None
-
-
-def _shown(path: str, relative_to: str | None) -> str:
-    return path if relative_to is None else os.path.relpath(path, relative_to)
-
-
-def _read_record(path: str, problems_of: Callable[[Any], list[str]]
-                 ) -> tuple[Any, str | None]:
-    """The parsed JSON file and what makes it unusable (None when nothing does)."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except OSError as error:
-        return None, f"it cannot be read ({error.strerror})"
-    except ValueError as error:                      # invalid JSON or not UTF-8 text
-        return None, f"it is not valid JSON ({error})"
-    problems = problems_of(value)
-    return value, ", ".join(problems) if problems else None
-
-
-def _object_problems(value: Any, statuses: tuple[str, ...]) -> list[str]:
-    if not isinstance(value, dict):
-        return [f"it holds a JSON {_JSON_TYPES[type(value)]}, not an object"]
-    if "status" not in value:
-        return ["status is missing"]
-    if value["status"] not in statuses:
-        return [f"status={json.dumps(value['status'])} is not "
-                + " or ".join(json.dumps(status) for status in statuses)]
-    return []
-
-
-def _result_problems(result: Any) -> list[str]:
-    """What keeps a parsed result.json from being read as train()'s result."""
-    problems = _object_problems(result, RESULT_STATUSES)
-    if problems:
-        return problems
-    required = ("test_accuracy", "wall_time_s") if result["status"] == "completed" else (
-        "wall_time_s",)
-    for key, (valid, kind) in _RESULT_VALUES.items():
-        if key not in result:
-            if key in required:
-                problems.append(f"{key} is missing")
-        elif (result[key] is not None or key in required) and not valid(result[key]):
-            problems.append(f"{key}={json.dumps(result[key])} is not {kind}")
-    return problems
-
-
-def _failure_problems(failure: Any) -> list[str]:
-    """What keeps a parsed failure.json from being read as the runner's failure record."""
-    return _object_problems(failure, FAILURE_STATUSES)
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
-def _trial_status(seeds: int, done: int, pending: int, skipped: int, unreadable: int) -> str:
-    if done == seeds:
-        return "completed"
-    if pending == seeds:
-        return "pending"
-    if skipped == seeds:
-        return "skipped"
-    if unreadable == seeds:
-        return UNREADABLE
-    if done == 0 and pending == 0:
-        return "failed"
-    return "partial"
-
-
-def val_accuracy(result: dict[str, Any], run_dir: str) -> float | None:
-    """The last epoch's validation accuracy of a finished run; None without a validation
-    split. Runs from before result.json held it give the last row of their history.csv."""
-    if result.get("val_accuracy") is not None:
-        return float(result["val_accuracy"])
-    history = _read_history(run_dir).get("val_accuracy")
-    if history is None or not len(history) or not math.isfinite(history[-1]):
-        return None
-    return float(history[-1])
-
-
-def _std(values: Sequence[float]) -> float | None:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else None
-
-
-def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSummary:
-    states, results, finished, run_dirs, reasons_by_text = [], [], [], [], {}
-    for k in range(seeds):
-        run_dir = os.path.join(out_dir, TRIALS_DIR, trial["name"], f"seed{k}")
-        state, result, reason = read_run(run_dir, relative_to=out_dir)
-        states.append(state)
-        if result is not None:
-            results.append(result)
-        if state == "done":
-            finished.append(result)
-            run_dirs.append(run_dir)
-        if reason is not None:
-            reasons_by_text.setdefault((state, reason), []).append(k)
-    accuracies = [float(r["test_accuracy"]) for r in finished]
-    val_accuracies = [v for v in map(val_accuracy, finished, run_dirs) if v is not None]
-    val = [float(r["best_val_accuracy"]) for r in finished
-           if r.get("best_val_accuracy") is not None]
-    losses = [float(r["test_loss"]) for r in finished if r.get("test_loss") is not None]
-    times = [float(r["wall_time_s"]) for r in results if r.get("wall_time_s") is not None]
-    params = next((int(r["params"]) for r in results if r.get("params") is not None), None)
-    reasons = [
-        f"seed{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))} {state}: {text}"
-        for (state, text), ks in reasons_by_text.items()
-    ]
-    if len(val_accuracies) < len(finished):
-        reasons.append(f"{len(finished) - len(val_accuracies)} finished seed(s) without a "
-                       "validation split: verdicts read validation accuracy only")
-    done, pending = states.count("done"), states.count("pending")
-    return TrialSummary(
-        name=trial["name"],
-        group=trial["group"],
-        description=trial["description"],
-        change=dict(trial["change"]),
-        seeds_planned=seeds,
-        seeds_done=done,
-        seeds_failed=seeds - done - pending,
-        seeds_pending=pending,
-        status=_trial_status(seeds, done, pending, states.count("skipped"),
-                             states.count(UNREADABLE)),
-        reasons=reasons,
-        val_accuracies=val_accuracies,
-        val_accuracy_mean=_mean(val_accuracies),
-        val_accuracy_std=_std(val_accuracies),
-        test_accuracies=accuracies,
-        test_accuracy_mean=_mean(accuracies),
-        test_accuracy_std=_std(accuracies),
-        best_val_accuracy_mean=_mean(val),
-        test_loss_mean=_mean(losses),
-        wall_time_mean_s=_mean(times),
-        wall_time_total_s=float(sum(times)),
-        params=params,
-        run_dirs=run_dirs,
-        verdict=None,
-    )
-
-
-def _collect(out_dir: str, plan: _Plan) -> list[TrialSummary]:
-    summaries = [_summarize_trial(out_dir, trial, plan.seeds_of(trial)) for trial in plan.trials]
-    baseline = next((s for s in summaries if s.name == BASELINE), None)
-    if baseline is not None and baseline.val_accuracies:
-        verdicts = {}
-        for in_family in (lambda s: s.group != CONFIRM_GROUP, lambda s: s.group == CONFIRM_GROUP):
-            verdicts.update(stats.judge(baseline.val_accuracies, {
-                s.name: s.val_accuracies for s in summaries
-                if s.name != BASELINE and s.val_accuracies and in_family(s)}))
-        summaries = [dataclasses.replace(s, verdict=verdicts.get(s.name)) for s in summaries]
-    for entry in plan.skipped:
-        summaries.append(TrialSummary(
-            name=entry["name"], group=entry.get("group", ""),
-            description=entry.get("description", ""), change=dict(entry.get("change", {})),
-            seeds_planned=0, seeds_done=0, seeds_failed=0, seeds_pending=0, status="skipped",
-            reasons=[str(entry["reason"])], val_accuracies=[], val_accuracy_mean=None,
-            val_accuracy_std=None, test_accuracies=[], test_accuracy_mean=None,
-            test_accuracy_std=None, best_val_accuracy_mean=None, test_loss_mean=None,
-            wall_time_mean_s=None, wall_time_total_s=0.0, params=None, run_dirs=[],
-            verdict=None,
-        ))
-    return summaries
-
-
 def _ranked(summaries: Sequence[TrialSummary]) -> list[TrialSummary]:
     """The baseline, the judged trials by Δ validation accuracy (largest gain first), then
     the rest in plan order."""
@@ -513,42 +179,6 @@ def _ranked(summaries: Sequence[TrialSummary]) -> list[TrialSummary]:
                     key=lambda s: -s.verdict.delta_mean)
     return ([s for s in summaries if s.name == BASELINE] + judged
             + [s for s in summaries if s.verdict is None and s.name != BASELINE])
-
-
-# --- best.cfg ---------------------------------------------------------------------------
-
-
-def _merge_best(summaries: list[TrialSummary], baseline: Recipe, out_dir: str) -> _Best:
-    winners: dict[str, TrialSummary] = {}
-    for s in summaries:
-        if (s.group in (BASELINE, CONFIRM_GROUP) or s.verdict is None
-                or s.verdict.label != stats.BETTER):
-            continue
-        if s.group not in winners or s.verdict.delta_mean > winners[s.group].verdict.delta_mean:
-            winners[s.group] = s
-    recipe = dataclasses.replace(baseline, output_dir=os.path.join(out_dir, BEST_DIR))
-    owners: dict[str, TrialSummary] = {}
-    merged, notes = [], []
-    for s in sorted(winners.values(), key=lambda s: -s.verdict.delta_mean):
-        clashes = {field: owners[field] for field, value in s.change.items()
-                   if field in owners and getattr(recipe, field) != value}
-        if clashes:
-            rivals = ", ".join(f"{field} (set by `{o.name}`, "
-                               f"{_points(o.verdict.delta_mean)} points)"
-                               for field, o in clashes.items())
-            notes.append(f"`{s.name}` ({_points(s.verdict.delta_mean)} points) left out: it "
-                         f"changes the same field as a larger gain: {rivals}.")
-            continue
-        try:
-            recipe = dataclasses.replace(recipe, **s.change)
-        except RecipeError as error:
-            notes.append(f"`{s.name}` left out: together with {', '.join(merged)} it makes an "
-                         f"invalid recipe ({error}).")
-            continue
-        merged.append(s.name)
-        for field in s.change:
-            owners.setdefault(field, s)
-    return _Best(recipe, merged, notes)
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -670,7 +300,7 @@ def _summary_csv(summaries: list[TrialSummary], min_effect: float) -> str:
 # --- report.md --------------------------------------------------------------------------
 
 
-def _seeds_sentence(plan: _Plan, summaries: list[TrialSummary]) -> str:
+def _seeds_sentence(plan: rundir.Plan, summaries: list[TrialSummary]) -> str:
     planned = [s.seeds_planned for s in summaries if s.seeds_planned]
     low, high = (min(planned), max(planned)) if planned else (plan.seeds, plan.seeds)
     text = (f"{low} seed{'s' if low > 1 else ''} per trial" if low == high
@@ -682,7 +312,7 @@ def _seeds_sentence(plan: _Plan, summaries: list[TrialSummary]) -> str:
     return text
 
 
-def _markdown(out_dir: str, plan: _Plan, summaries: list[TrialSummary], best: _Best,
+def _markdown(out_dir: str, plan: rundir.Plan, summaries: list[TrialSummary], best: Best,
               total_time_s: float | None) -> str:
     baseline = plan.baseline
     min_effect = plan.min_effect
@@ -797,7 +427,7 @@ def _problems(summaries: list[TrialSummary]) -> list[str]:
     return lines
 
 
-def _best_section(best: _Best, summaries: list[TrialSummary]) -> list[str]:
+def _best_section(best: Best, summaries: list[TrialSummary]) -> list[str]:
     lines = ["## best.cfg", ""]
     by_name = {s.name: s for s in summaries}
     if best.merged:
@@ -921,17 +551,6 @@ def _delta_chart(summaries: list[TrialSummary], min_effect: float) -> Figure:
     return figure
 
 
-def _read_history(run_dir: str) -> dict[str, np.ndarray]:
-    path = os.path.join(run_dir, HISTORY_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    columns = rows[0].keys() if rows else []
-    return {c: np.array([float(r[c]) if r[c] not in ("", "NA") else np.nan for r in rows])
-            for c in columns}
-
-
 def _mean_curve(histories: list[dict[str, np.ndarray]], metric: str) -> np.ndarray:
     """Mean over runs per epoch, each epoch over the runs that reached it."""
     length = max(len(h[metric]) for h in histories)
@@ -940,7 +559,7 @@ def _mean_curve(histories: list[dict[str, np.ndarray]], metric: str) -> np.ndarr
 
 
 def _curves_chart(summaries: list[TrialSummary]) -> Figure:
-    histories = {s.name: [h for h in map(_read_history, s.run_dirs) if "accuracy" in h]
+    histories = {s.name: [h for h in map(rundir.read_history, s.run_dirs) if "accuracy" in h]
                  for s in summaries}
     histories = {name: runs for name, runs in histories.items() if runs}
     if not histories:

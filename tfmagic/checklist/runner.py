@@ -1,13 +1,7 @@
 """`run(baseline, out_dir)`: train the baseline and the trials, each in its own process.
 
-Layout of ``out_dir``::
-
-    plan.json                      the baseline, the seeds, the trials and the skipped ones
-    baseline.cfg                   the baseline as a flagfile
-    commands/<trial>-seed<k>.cfg   one flagfile per run: `tfmagic-train --flagfile=...`
-    logs/<trial>-seed<k>.log       the run's output
-    trials/<trial>/seed<k>/        the run's directory, written by `tfmagic.training.train`
-    report.md, summary.csv, report.png, curves.png, best.cfg     (tfmagic.checklist.report)
+The layout of ``out_dir`` (plan.json, baseline.cfg, one flagfile, log and run directory per
+trial and seed, the report) is described in `tfmagic.rundir`.
 
 Seed ``k`` of a trial trains with ``seed = baseline.seed + k``.
 
@@ -34,41 +28,43 @@ Every run process dies with the runner (``PR_SET_PDEATHSIG`` on Linux), so a kil
 leaves no orphan writing into a run directory, and a lock file keeps a second runner out of
 the same ``out_dir``.
 
-Runners: ``"local"`` starts ``workers`` processes at a time. With GPUs each worker gets its own
-``gpus_per_trial`` GPUs (``CUDA_VISIBLE_DEVICES``); without, the CPU cores are shared out
-between the workers (CPU affinity and TensorFlow's thread counts). ``"ray"`` submits every
-run as a Ray task (``gpus_per_trial`` GPUs each where the cluster has GPUs) to a cluster,
-``ray_address``; ``out_dir`` must then be on a file system every node sees.
+Runners (`tfmagic.checklist.executors`): ``"local"`` starts ``workers`` processes at a time.
+With GPUs each worker gets its own ``gpus_per_trial`` GPUs (``CUDA_VISIBLE_DEVICES``);
+without, the CPU cores are shared out between the workers (CPU affinity and TensorFlow's
+thread counts). ``"ray"`` submits every run as a Ray task (``gpus_per_trial`` GPUs each where
+the cluster has GPUs) to a cluster, ``ray_address``; ``out_dir`` must then be on a file system
+every node sees.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from tfmagic._atomic import writable_problem, write_atomic
 from tfmagic._checks import check, is_int, is_number
 from tfmagic.checklist import report as report_lib
 from tfmagic.checklist import stats
-from tfmagic.checklist.report import (
-    BASELINE,
-    BASELINE_CFG,
-    CONFIRM_GROUP,
-    FAILURE_FILE,
-    PLAN_FILE,
-    TRIALS_DIR,
+from tfmagic.checklist.best import best_recipe
+from tfmagic.checklist.executors import (
+    ChecklistError,
+    Executor,
+    Job,
+    LocalExecutor,
+    RayExecutor,
+    Slot,
 )
+from tfmagic.checklist.executors import job_state as job_state
+from tfmagic.checklist.summaries import BASELINE, CONFIRM_GROUP, TrialSummary, collect
 from tfmagic.checklist.trials import (
     SkippedTrial,
     Trial,
@@ -77,66 +73,20 @@ from tfmagic.checklist.trials import (
     checklist_trials,
 )
 from tfmagic.recipe import Recipe
+from tfmagic.rundir import (
+    BASELINE_CFG,
+    COMMANDS_DIR,
+    LOCK_FILE,
+    LOGS_DIR,
+    PLAN_FILE,
+    REPORT_MD,
+    RunOutcome,
+)
 
 RUNNERS = ("local", "ray")
 AUTO = "auto"
 FIRST_SEEDS = 2
 MAX_SEEDS = 5
-LOCK_FILE = ".lock"
-EXIT_DIVERGED = 3
-EXIT_NO_WEIGHTS = 4
-_LOG_TAIL = 4000
-
-
-class ChecklistError(RuntimeError):
-    """The checklist cannot run in this output directory as asked."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One training run: a trial at one seed."""
-
-    trial: Trial
-    seed_index: int
-    recipe: Recipe
-    out_dir: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.trial.name}-seed{self.seed_index}"
-
-    @property
-    def run_dir(self) -> str:
-        return os.path.join(self.out_dir, TRIALS_DIR, self.trial.name, f"seed{self.seed_index}")
-
-    @property
-    def flagfile(self) -> str:
-        return os.path.join(self.out_dir, "commands", f"{self.key}.cfg")
-
-    @property
-    def log_file(self) -> str:
-        return os.path.join(self.out_dir, "logs", f"{self.key}.log")
-
-    def command(self, program: Sequence[str] = ("tfmagic-train",)) -> list[str]:
-        return [*program, f"--flagfile={self.flagfile}"]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOutcome:
-    """How one job ended: ``completed``, ``failed`` (diverged included) or ``skipped``;
-    ``val_accuracy`` is a completed run's last-epoch validation accuracy."""
-
-    key: str
-    status: str
-    reason: str = ""
-    seconds: float = 0.0
-    val_accuracy: float | None = None
-
-    @property
-    def shown(self) -> str:
-        """The run as the progress lines name it: ``se_off seed1``."""
-        trial, _, seed = self.key.rpartition("-seed")
-        return f"{trial} seed{seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +132,7 @@ def with_validation(baseline: Recipe) -> tuple[Recipe, list[str]]:
         "verdicts and best.cfg are chosen on validation, never on test."]
 
 
-def next_seeds(summaries: Sequence[report_lib.TrialSummary], counts: dict[str, int], *,
+def next_seeds(summaries: Sequence[TrialSummary], counts: dict[str, int], *,
                min_effect: float = stats.MIN_EFFECT, max_seeds: int = MAX_SEEDS
                ) -> dict[str, int]:
     """The trials that get another seed in the next round of ``seeds="auto"``, name -> new
@@ -227,16 +177,14 @@ def plan(
     runs. Every trial's recipe is validated here, before anything runs: one the Recipe
     refuses is skipped with the reason.
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds={seeds!r} is not allowed: an integer >= 1")
+    check(is_int(seeds) and seeds >= 1, "seeds", seeds, "an integer >= 1")
     chosen, custom = None, []
     if trials is not None:
         items = list(trials)
         chosen = [item for item in items if isinstance(item, str)]
         custom = [item for item in items if isinstance(item, Trial)]
         others = [item for item in items if not isinstance(item, str | Trial)]
-        if others:
-            raise ValueError(f"trials={others!r} is not allowed: trial names or Trial objects")
+        check(not others, "trials", others, "trial names or Trial objects")
     made, skipped = checklist_trials(baseline, extended=extended, names=chosen)
     for trial in custom:
         problem = check_trial(trial, baseline)
@@ -247,8 +195,7 @@ def plan(
     everything = [baseline_trial(), *made]
     names = [trial.name for trial in everything]
     duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"trials={duplicates} is not allowed: trial names must be unique")
+    check(not duplicates, "trials", duplicates, "trial names must be unique")
     return _jobs(everything, baseline, seeds, os.path.abspath(out_dir)), skipped
 
 
@@ -316,21 +263,18 @@ def run(
         ChecklistError: ``out_dir`` holds a checklist of another baseline, or another runner
             is using it.
     """
-    if runner not in RUNNERS:
-        raise ValueError(f"runner={runner!r} is not allowed: one of {RUNNERS}")
-    if isinstance(gpus_per_trial, bool) or not isinstance(gpus_per_trial, int) or (
-            gpus_per_trial < 1):
-        raise ValueError(f"gpus_per_trial={gpus_per_trial!r} is not allowed: an integer >= 1")
+    check(runner in RUNNERS, "runner", runner, f"one of {RUNNERS}")
+    check(is_int(gpus_per_trial) and gpus_per_trial >= 1, "gpus_per_trial", gpus_per_trial,
+          "an integer >= 1")
     check_seeds(seeds, min_effect, max_seeds)
     if workers is None:
         workers = default_workers(gpus_per_trial)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers={workers!r} is not allowed: an integer >= 1")
+    check(is_int(workers) and workers >= 1, "workers", workers, "an integer >= 1")
     started = time.perf_counter()
     baseline, notes = with_validation(baseline)
     first = FIRST_SEEDS if seeds == AUTO else seeds
     jobs, skipped = plan(baseline, out_dir, seeds=first, trials=trials, extended=extended)
-    execute = _executor(runner, workers, ray_address, gpus_per_trial)
+    executor = _executor(runner, workers, ray_address, gpus_per_trial)
     out = _make_out_dir(out_dir)
     policy = {"seeds": seeds, "min_effect": min_effect, "max_seeds": max_seeds}
     for note in notes:
@@ -351,7 +295,7 @@ def run(
             rank = {name: i for i, name in enumerate(order)}
             jobs.sort(key=lambda job: (job.seed_index, rank[job.trial.name]))
             _write_plan(out, baseline, first, trial_list, counts, jobs, skipped, policy, notes)
-            outcomes.update((o.key, o) for o in execute(jobs, live))
+            outcomes.update((o.key, o) for o in executor.execute(jobs, live))
             report = report_lib.write_report(out, total_time_s=time.perf_counter() - started)
             more = {} if seeds != AUTO else next_seeds(
                 report.summaries, counts, min_effect=min_effect, max_seeds=max_seeds)
@@ -369,12 +313,12 @@ def run(
                 confirm_jobs = _jobs(confirm_trials, baseline, counts, out)
                 _write_plan(out, baseline, first, trial_list, counts, jobs + confirm_jobs,
                             skipped, policy, notes)
-                outcomes.update((o.key, o) for o in execute(confirm_jobs, live))
+                outcomes.update((o.key, o) for o in executor.execute(confirm_jobs, live))
                 report = report_lib.write_report(
                     out, total_time_s=time.perf_counter() - started)
     live.close()
     _say(progress, _verdicts_line(report))
-    _say(progress, f"report -> {os.path.join(out, 'report.md')}")
+    _say(progress, f"report -> {os.path.join(out, REPORT_MD)}")
     return ChecklistResult(out, tuple(outcomes.values()), tuple(skipped), report,
                            time.perf_counter() - started)
 
@@ -445,8 +389,8 @@ def _write_plan(out: str, baseline: Recipe, seeds: int, trial_list: list[Trial],
                 f"out_dir={out!r} holds a checklist of another baseline (changed: "
                 f"{', '.join(changed)}); choose another --out or remove it")
     trials = [{**trial.to_json(), "seeds": counts[trial.name]} for trial in trial_list]
-    os.makedirs(os.path.join(out, "commands"), exist_ok=True)
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    os.makedirs(os.path.join(out, COMMANDS_DIR), exist_ok=True)
+    os.makedirs(os.path.join(out, LOGS_DIR), exist_ok=True)
     baseline.to_flagfile(os.path.join(out, BASELINE_CFG))
     for job in jobs:
         job.recipe.to_flagfile(job.flagfile)
@@ -465,7 +409,7 @@ def _fields_without_output(recipe: Recipe) -> dict[str, Any]:
 
 
 def _confirm_trials(baseline: Recipe, out: str, live: _Progress) -> list[Trial]:
-    best, merged = report_lib.best_recipe(out)
+    best, merged = best_recipe(out)
     if not merged:
         live.say("confirm: no trial was judged better; nothing to combine")
         return []
@@ -474,7 +418,7 @@ def _confirm_trials(baseline: Recipe, out: str, live: _Progress) -> list[Trial]:
     change = {k: v for k, v in best_fields.items() if v != base_fields[k]}
     trials = [Trial("confirm_best", CONFIRM_GROUP, f"best.cfg: {' + '.join(merged)}", change)]
     if len(merged) > 1:
-        changes = {summary.name: summary.change for summary in report_lib.collect(out)}
+        changes = {summary.name: summary.change for summary in collect(out)}
         for name in merged:
             without = {k: v for k, v in change.items() if k not in changes[name]}
             trials.append(Trial(f"confirm_without_{name}", CONFIRM_GROUP,
@@ -496,95 +440,11 @@ def _exclusive(out: str):
 # --------------------------------------------------------------------------------- execution
 
 
-def job_state(job: Job) -> RunOutcome | None:
-    """The outcome of a job that needs no (more) running, or None (pending, or failed
-    without a result: those are run again).
-
-    A run whose result.json or failure.json cannot be read is failed and not run again (the
-    file is not the runner's to overwrite); its reason names the file and says to fix or
-    remove it.
-    """
-    state, result, reason = report_lib.read_run(job.run_dir)
-    if state == "done":
-        return RunOutcome(job.key, "completed", seconds=result["wall_time_s"],
-                          val_accuracy=report_lib.val_accuracy(result, job.run_dir))
-    if state == "failed" and result is not None:
-        return RunOutcome(job.key, "failed", reason, result["wall_time_s"])
-    if state == "skipped":
-        return RunOutcome(job.key, "skipped", reason)
-    if state == report_lib.UNREADABLE:
-        return RunOutcome(job.key, "failed", reason)
-    return None
-
-
-def finish(job: Job, returncode: int, log_tail: str, seconds: float) -> RunOutcome:
-    """Turn a finished process into an outcome; record failures in failure.json."""
-    state = job_state(job)
-    if state is not None and state.status != "skipped":
-        return dataclasses.replace(state, seconds=state.seconds or seconds)
-    if returncode == EXIT_NO_WEIGHTS:
-        status, reason = "skipped", _last_line(log_tail)
-    elif returncode < 0:
-        name = signal.Signals(-returncode).name
-        status = "failed"
-        reason = f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    else:
-        status = "failed"
-        last = _last_line(log_tail)
-        memory = "ResourceExhausted" in log_tail or "MemoryError" in log_tail
-        reason = ("out of memory: " if memory else f"crashed (exit {returncode}): ") + last
-    os.makedirs(job.run_dir, exist_ok=True)
-    write_atomic(os.path.join(job.run_dir, FAILURE_FILE),
-                 json.dumps({"status": status, "reason": reason}) + "\n")
-    return RunOutcome(job.key, status, reason, seconds)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def prepare(job: Job) -> None:
-    """Clear the failure mark of a job that is about to be started again."""
-    failure = os.path.join(job.run_dir, FAILURE_FILE)
-    if os.path.exists(failure):
-        os.remove(failure)
-
-
 def _executor(runner: str, workers: int, ray_address: str | None,
-              gpus_per_trial: int) -> Callable:
+              gpus_per_trial: int) -> Executor:
     if runner == "ray":
-        from tfmagic.checklist import ray_runner
-
-        return lambda jobs, progress: ray_runner.execute(jobs, progress, ray_address,
-                                                         gpus_per_trial)
-    slots = _slots(workers, gpus_per_trial)
-    return lambda jobs, progress: _execute_local(jobs, progress, slots)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Slot:
-    """What one local worker may use: CPU cores, or GPU ids."""
-
-    cores: tuple[int, ...]
-    gpus: tuple[str, ...] | None
-
-    def environment(self) -> dict[str, str]:
-        env = run_environment()
-        if self.gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            threads = str(len(self.cores))
-            env["TF_NUM_INTRAOP_THREADS"] = threads
-            env["TF_NUM_INTEROP_THREADS"] = threads
-            env["OMP_NUM_THREADS"] = threads
-        return env
-
-
-def run_environment() -> dict[str, str]:
-    """The environment of a run process: this one's, TensorFlow's info logs silenced."""
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        return RayExecutor(ray_address, gpus_per_trial)
+    return LocalExecutor(_slots(workers, gpus_per_trial))
 
 
 def _gpu_ids() -> list[str]:
@@ -599,7 +459,7 @@ def _gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU")]
 
 
-def _slots(workers: int, gpus_per_trial: int = 1) -> list[_Slot]:
+def _slots(workers: int, gpus_per_trial: int = 1) -> list[Slot]:
     """What each worker may use: ``gpus_per_trial`` GPUs of its own where there are GPUs
     (an error when there are not enough for every worker), else a share of the CPU cores."""
     gpus = _gpu_ids()
@@ -609,79 +469,19 @@ def _slots(workers: int, gpus_per_trial: int = 1) -> list[_Slot]:
                 f"workers={workers} is not allowed with gpus_per_trial={gpus_per_trial}: "
                 f"{len(gpus)} GPUs are visible, enough for {len(gpus) // gpus_per_trial} "
                 "workers")
-        return [_Slot((), tuple(gpus[i * gpus_per_trial:(i + 1) * gpus_per_trial]))
+        return [Slot((), tuple(gpus[i * gpus_per_trial:(i + 1) * gpus_per_trial]))
                 for i in range(workers)]
     cores = sorted(os.sched_getaffinity(0))
     shares = [tuple(cores[i::workers]) or tuple(cores) for i in range(workers)]
-    return [_Slot(share, None) for share in shares]
+    return [Slot(share, None) for share in shares]
 
 
-def _slots_text(slots: list[_Slot]) -> str:
+def _slots_text(slots: list[Slot]) -> str:
     """What the workers run on, in words."""
     if slots[0].gpus is not None:
         return "GPUs " + "; ".join(",".join(slot.gpus) for slot in slots)
     cores = len(slots[0].cores)
     return f"CPU only, {cores} core{'s' if cores > 1 else ''} each"
-
-
-def _die_with_parent(cores: tuple[int, ...]) -> Callable[[], None]:
-    def setup() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-        if cores:
-            os.sched_setaffinity(0, cores)
-
-    return setup
-
-
-def _execute_local(jobs: list[Job], progress: _Progress, slots: list[_Slot]) -> list[RunOutcome]:
-    outcomes: dict[str, RunOutcome] = {}
-    pending = []
-    for job in jobs:
-        state = job_state(job)
-        if state is None:
-            pending.append(job)
-        else:
-            outcomes[job.key] = state
-    progress.start(len(jobs), list(outcomes.values()))
-    free = list(slots)
-    running: dict[str, tuple[Job, subprocess.Popen, _Slot, float]] = {}
-    try:
-        while pending or running:
-            while pending and free:
-                job, slot = pending.pop(0), free.pop(0)
-                prepare(job)
-                with open(job.log_file, "a") as log:
-                    process = subprocess.Popen(
-                        job.command((sys.executable, "-m", "tfmagic.cli.train")),
-                        stdout=log, stderr=subprocess.STDOUT, env=slot.environment(),
-                        preexec_fn=_die_with_parent(slot.cores),
-                    )
-                running[job.key] = (job, process, slot, time.perf_counter())
-                progress.started(job.key)
-            time.sleep(0.2)
-            for key in list(running):
-                job, process, slot, began = running[key]
-                if process.poll() is None:
-                    continue
-                del running[key]
-                free.append(slot)
-                outcome = finish(job, process.returncode, log_tail(job.log_file),
-                                  time.perf_counter() - began)
-                outcomes[key] = outcome
-                progress.finished(outcome)
-    finally:
-        for _, process, _, _ in running.values():
-            process.kill()
-            process.wait()
-    return [outcomes[job.key] for job in jobs]
-
-
-def log_tail(path: str) -> str:
-    """The last few thousand characters of a log file."""
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - _LOG_TAIL))
-        return f.read().decode("utf-8", errors="replace")
 
 
 # ----------------------------------------------------------------------------------- progress

@@ -53,16 +53,8 @@ from typing import Any
 
 from tfmagic import models
 from tfmagic.recipe import Recipe, RecipeError
+from tfmagic.registry import Registry
 
-TRIAL_NAMES = (
-    "lr_gamma", "lr_cosine", "opt_sgd_momentum", "opt_adam", "pretrained", "aug_color",
-    "wd_higher", "wd_lower", "ls_0", "ls_0.2", "wd_linear", "mixup", "se_off", "act_relu",
-    "act_swish",
-)
-EXTENDED_TRIAL_NAMES = (
-    "bs_half", "bs_double", "aux_loss", "crop_rrc", "drop_path", "cutout", "attention_pool",
-    "wd_cycles", "wd_lr",
-)
 BASELINE = "baseline"
 WEIGHT_DECAY_FACTOR = 4.0
 ADAM_LR_FACTOR = 0.01
@@ -133,14 +125,29 @@ def baseline_trial() -> Trial:
     return Trial(BASELINE, BASELINE, "the recipe as given")
 
 
-class _Skip(Exception):
-    pass
+class SkipTrial(Exception):
+    """Raised by a trial's maker when the trial cannot be made from this baseline; the
+    message is the reason the report gives."""
 
 
-def _set(field: str, value: Any, description: str, group: str) -> Callable:
+def choose(field: str, value: Any, group: str, description: str | None = None) -> Callable:
+    """The maker of a trial that sets one Recipe field: ``field=value``.
+
+    Args:
+        field: the Recipe field.
+        value: its value in the trial; the trial is skipped for a baseline that has it.
+        group: the question the trial answers (best.cfg takes one winner per group).
+        description: the trial in words; by default, for a field with a registry of choices
+            (`tfmagic.registry.Registry`), the help of the chosen entry.
+    """
+    if description is None:
+        registry = next(f.metadata["choices"] for f in dataclasses.fields(Recipe)
+                        if f.name == field)
+        description = registry.choice(value).help
+
     def make(baseline: Recipe) -> tuple[str, str, dict[str, Any]]:
         if getattr(baseline, field) == value:
-            raise _Skip(f"the baseline already has {field}={value}")
+            raise SkipTrial(f"the baseline already has {field}={value}")
         return group, description, {field: value}
 
     return make
@@ -148,7 +155,7 @@ def _set(field: str, value: Any, description: str, group: str) -> Callable:
 
 def _opt_adam(baseline: Recipe):
     if baseline.optimizer == "adam":
-        raise _Skip("the baseline already has optimizer=adam")
+        raise SkipTrial("the baseline already has optimizer=adam")
     lr = baseline.lr * ADAM_LR_FACTOR
     return "optimizer", f"Adam at lr/100 ({lr:g})", {"optimizer": "adam", "lr": lr,
                                                       **_min_lr_below(baseline, lr)}
@@ -161,7 +168,7 @@ def _min_lr_below(baseline: Recipe, lr: float) -> dict[str, float]:
 
 def _pretrained(baseline: Recipe):
     if not models.is_application(baseline.model):
-        raise _Skip(f"the built-in backbone {baseline.model} has no pretrained weights; "
+        raise SkipTrial(f"the built-in backbone {baseline.model} has no pretrained weights; "
                     "choose a keras.applications backbone (model=keras:NAME) to try pretraining")
     if baseline.pretrained == "none":
         return "pretrained", "ImageNet weights instead of random initialization", {
@@ -173,7 +180,7 @@ def _pretrained(baseline: Recipe):
 def _weight_decay(factor: float, words: str):
     def make(baseline: Recipe):
         if baseline.weight_decay == 0:
-            raise _Skip("the baseline has weight_decay=0")
+            raise SkipTrial("the baseline has weight_decay=0")
         change = {"weight_decay": baseline.weight_decay * factor}
         if baseline.weight_decay_end:
             change["weight_decay_end"] = baseline.weight_decay_end * factor
@@ -190,7 +197,7 @@ def _mixup(baseline: Recipe):
 
 def _se_off(baseline: Recipe):
     if not baseline.se:
-        raise _Skip("the baseline has no squeeze-and-excitation (se=False)")
+        raise SkipTrial("the baseline has no squeeze-and-excitation (se=False)")
     return "se", "no squeeze-and-excitation blocks", {"se": False}
 
 
@@ -198,7 +205,7 @@ def _batch(factor: float, words: str):
     def make(baseline: Recipe):
         batch = int(baseline.batch_size * factor)
         if batch < 1:
-            raise _Skip(f"batch_size {baseline.batch_size} cannot be halved")
+            raise SkipTrial(f"batch_size {baseline.batch_size} cannot be halved")
         lr = baseline.lr * batch / baseline.batch_size
         return "batch_size", f"batch size {words} ({batch}), lr scaled linearly ({lr:g})", {
             "batch_size": batch, "lr": lr, **_min_lr_below(baseline, lr)}
@@ -208,44 +215,61 @@ def _batch(factor: float, words: str):
 
 def _drop_path(baseline: Recipe):
     if models.is_application(baseline.model):
-        raise _Skip(f"drop path is available for the built-in backbones, not {baseline.model}")
-    return _set("drop_path_rate", 0.1, "drop path (stochastic depth) 0.1", "drop_path")(baseline)
+        raise SkipTrial(f"drop path is available for the built-in backbones, not {baseline.model}")
+    return choose("drop_path_rate", 0.1, "drop_path", "drop path (stochastic depth) 0.1")(baseline)
 
 
-_MAKERS: dict[str, Callable] = {
-    "lr_gamma": _set("lr_schedule", "gamma", "gamma (step) decay x0.1 at 50% and 75%", "lr"),
-    "lr_cosine": _set("lr_schedule", "cosine", "plain cosine annealing", "lr"),
-    "opt_sgd_momentum": _set("optimizer", "sgd", "SGD with classical momentum", "optimizer"),
-    "opt_adam": _opt_adam,
-    "pretrained": _pretrained,
-    "aug_color": _set("augment", "color", "colour augmentation instead of AutoAugment",
-                      "augment"),
-    "wd_higher": _weight_decay(WEIGHT_DECAY_FACTOR, "x4"),
-    "wd_lower": _weight_decay(1 / WEIGHT_DECAY_FACTOR, "/4"),
-    "ls_0": _set("label_smoothing", 0.0, "no label smoothing", "label_smoothing"),
-    "ls_0.2": _set("label_smoothing", 0.2, "label smoothing 0.2", "label_smoothing"),
-    "wd_linear": _set("weight_decay_schedule", "linear",
-                      "weight decay rising linearly to weight_decay_end", "weight_decay_schedule"),
-    "mixup": _mixup,
-    "se_off": _se_off,
-    "act_relu": _set("downscale_activation", "relu", "ReLU after the stride-2 layers",
-                     "downscale_activation"),
-    "act_swish": _set("downscale_activation", "swish", "Swish after the stride-2 layers",
-                      "downscale_activation"),
-    "bs_half": _batch(0.5, "halved"),
-    "bs_double": _batch(2.0, "doubled"),
-    "aux_loss": _set("aux_loss_weight", 0.4, "auxiliary classifier, loss weight 0.4",
-                     "aux_loss"),
-    "crop_rrc": _set("crop_scheme", "random_resized_crop", "random resized crops", "crop"),
-    "drop_path": _drop_path,
-    "cutout": _set("cutout", 0.5, "Cutout of half the image side", "cutout"),
-    "attention_pool": _set("pooling", "attention", "attention pooling instead of average",
-                           "pooling"),
-    "wd_cycles": _set("weight_decay_schedule", "cycles", "weight decay stepping up per LR cycle",
-                      "weight_decay_schedule"),
-    "wd_lr": _set("weight_decay_schedule", "lr", "weight decay proportional to the LR",
-                  "weight_decay_schedule"),
-}
+TRIALS = Registry("trials")
+"""The article's checklist: name -> ``make(baseline)``, which returns ``(group, description,
+change)`` or raises `SkipTrial`; its help is the trial in a few words."""
+EXTENDED_TRIALS = Registry("trials")
+"""The tricks the article leaves for later (``extended=True``), made like `TRIALS`."""
+TRIAL_NAMES = TRIALS
+EXTENDED_TRIAL_NAMES = EXTENDED_TRIALS
+
+TRIALS.register("lr_gamma", choose("lr_schedule", "gamma", "lr"), help="gamma (step) decay")
+TRIALS.register("lr_cosine", choose("lr_schedule", "cosine", "lr"), help="plain cosine")
+TRIALS.register("opt_sgd_momentum", choose("optimizer", "sgd", "optimizer"),
+                help="SGD with classical momentum")
+TRIALS.register("opt_adam", _opt_adam, help="Adam at lr/100")
+TRIALS.register("pretrained", _pretrained, help="ImageNet weights on <-> off (keras:NAME models)")
+TRIALS.register("aug_color", choose("augment", "color", "augment"),
+                help="colour augmentation instead of AutoAugment")
+TRIALS.register("wd_higher", _weight_decay(WEIGHT_DECAY_FACTOR, "x4"), help="weight decay x4")
+TRIALS.register("wd_lower", _weight_decay(1 / WEIGHT_DECAY_FACTOR, "/4"), help="weight decay /4")
+TRIALS.register("ls_0", choose("label_smoothing", 0.0, "label_smoothing", "no label smoothing"),
+                help="no label smoothing")
+TRIALS.register("ls_0.2", choose("label_smoothing", 0.2, "label_smoothing",
+                                 "label smoothing 0.2"), help="label smoothing 0.2")
+TRIALS.register("wd_linear", choose("weight_decay_schedule", "linear", "weight_decay_schedule"),
+                help="weight decay rising linearly")
+TRIALS.register("mixup", _mixup, help="mixup on <-> off")
+TRIALS.register("se_off", _se_off, help="no squeeze-and-excitation")
+TRIALS.register("act_relu", choose("downscale_activation", "relu", "downscale_activation",
+                                   "ReLU after the stride-2 layers"),
+                help="ReLU downscaling")
+TRIALS.register("act_swish", choose("downscale_activation", "swish", "downscale_activation",
+                                    "Swish after the stride-2 layers"),
+                help="Swish downscaling")
+
+EXTENDED_TRIALS.register("bs_half", _batch(0.5, "halved"), help="batch size /2")
+EXTENDED_TRIALS.register("bs_double", _batch(2.0, "doubled"), help="batch size x2")
+EXTENDED_TRIALS.register("aux_loss", choose("aux_loss_weight", 0.4, "aux_loss",
+                                            "auxiliary classifier, loss weight 0.4"),
+                         help="auxiliary loss")
+EXTENDED_TRIALS.register("crop_rrc", choose("crop_scheme", "random_resized_crop", "crop"),
+                         help="random resized crops")
+EXTENDED_TRIALS.register("drop_path", _drop_path, help="drop path")
+EXTENDED_TRIALS.register("cutout", choose("cutout", 0.5, "cutout",
+                                          "Cutout of half the image side"), help="Cutout")
+EXTENDED_TRIALS.register("attention_pool", choose("pooling", "attention", "pooling",
+                                                  "attention pooling instead of average"),
+                         help="attention pooling")
+EXTENDED_TRIALS.register("wd_cycles", choose("weight_decay_schedule", "cycles",
+                                             "weight_decay_schedule"),
+                         help="weight decay stepping up per LR cycle")
+EXTENDED_TRIALS.register("wd_lr", choose("weight_decay_schedule", "lr", "weight_decay_schedule"),
+                         help="weight decay proportional to the LR")
 
 
 def checklist_trials(
@@ -268,9 +292,9 @@ def checklist_trials(
     Raises:
         ValueError: an unknown trial name, naming the allowed ones.
     """
-    known = TRIAL_NAMES + EXTENDED_TRIAL_NAMES
+    known = (*TRIALS, *EXTENDED_TRIALS)
     if names is None:
-        chosen = TRIAL_NAMES + (EXTENDED_TRIAL_NAMES if extended else ())
+        chosen = (*TRIALS, *(EXTENDED_TRIALS if extended else ()))
     else:
         wanted = list(names)
         unknown = [name for name in wanted if name not in known]
@@ -281,8 +305,9 @@ def checklist_trials(
     trials, skipped = [], []
     for name in chosen:
         try:
-            group, description, change = _MAKERS[name](baseline)
-        except _Skip as reason:
+            registry = TRIALS if name in TRIALS else EXTENDED_TRIALS
+            group, description, change = registry.build(name, baseline)
+        except SkipTrial as reason:
             skipped.append(SkippedTrial(name, str(reason)))
             continue
         trial = Trial(name, group, description, change)

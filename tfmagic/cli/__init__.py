@@ -1,18 +1,26 @@
 """Command-line entry points: thin absl apps over the library (flags -> Recipe -> call).
 
 TensorFlow's start-up log is kept off the binaries' screen by `tfmagic._quiet_start`, which
-runs before anything imports TensorFlow.
+runs before anything imports TensorFlow. The binaries' exit statuses are named in
+`tfmagic.exit_codes` and re-exported here.
+
+Tricks of one's own: the modules named in the environment variable ``TFMAGIC_PLUGINS``
+(comma-separated, importable from ``PYTHONPATH``) are imported before the flags are
+defined, so that what they register (an LR schedule in `tfmagic.choices.LR_SCHEDULES`, a
+trial in `tfmagic.checklist.trials.EXTENDED_TRIALS`, ...) is a flag value of the binaries
+and of every run that the local checklist runner starts, which inherit the environment.
 """
+
+import importlib
+import os
 
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
-
-# Exit statuses of the binaries besides 0 (success) and 1 (absl's usage error).
-EXIT_OUTPUT_DIR = 2
-EXIT_DIVERGED = 3
-EXIT_NO_WEIGHTS = 4
-EXIT_RUNS_FAILED = 3
+from tfmagic.exit_codes import EXIT_DIVERGED as EXIT_DIVERGED
+from tfmagic.exit_codes import EXIT_NO_WEIGHTS as EXIT_NO_WEIGHTS
+from tfmagic.exit_codes import EXIT_OUTPUT_DIR as EXIT_OUTPUT_DIR
+from tfmagic.exit_codes import EXIT_RUNS_FAILED as EXIT_RUNS_FAILED
 
 
 def recipe_from_flags(argv: list[str], flag_values: flags.FlagValues) -> recipe_lib.Recipe:
@@ -29,3 +37,26 @@ def recipe_from_flags(argv: list[str], flag_values: flags.FlagValues) -> recipe_
 def usage_error(error: recipe_lib.RecipeError) -> app.UsageError:
     """The usage error that names the flag of a refused Recipe value."""
     return app.UsageError(f"--{error.field}={error.value}: {error.allowed}")
+
+
+PLUGINS_VARIABLE = "TFMAGIC_PLUGINS"
+
+
+def load_plugins() -> list[str]:
+    """Import the modules named in ``$TFMAGIC_PLUGINS``; returns their names.
+
+    Raises:
+        SystemExit: a named module cannot be imported (the message names the variable, the
+            module and the reason; the exit status is 1).
+    """
+    names = [n.strip() for n in os.environ.get(PLUGINS_VARIABLE, "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise SystemExit(f"{PLUGINS_VARIABLE}={os.environ[PLUGINS_VARIABLE]}: the module "
+                             f"{name!r} cannot be imported ({error})") from None
+    return names
+
+
+load_plugins()

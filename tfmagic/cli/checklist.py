@@ -23,8 +23,9 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
-from tfmagic.checklist import runner, stats
-from tfmagic.cli import EXIT_OUTPUT_DIR, EXIT_RUNS_FAILED, recipe_from_flags
+from tfmagic.checklist import runner, stats, trials
+from tfmagic.cli import recipe_from_flags
+from tfmagic.exit_codes import EXIT_OK, EXIT_OUTPUT_DIR, EXIT_RUNS_FAILED
 
 FLAGS = flags.FLAGS
 recipe_lib.define_flags(FLAGS)
@@ -43,8 +44,8 @@ flags.DEFINE_float("min_effect", 100 * stats.MIN_EFFECT, "With --seeds=auto: the
 flags.DEFINE_integer("max_seeds", runner.MAX_SEEDS, "With --seeds=auto: the most seeds a "
                      "trial (and the baseline) gets.", lower_bound=runner.FIRST_SEEDS)
 flags.DEFINE_list("trials", None, "Only these trials (comma-separated names); default all.")
-flags.DEFINE_bool("extended", False, "Add the extended trials (batch size, auxiliary loss, "
-                  "crops, drop path, Cutout, attention pooling, wd_cycles, wd_lr).")
+flags.DEFINE_bool("extended", False, "Add the extended trials: "
+                  f"{trials.EXTENDED_TRIALS.help_text()}.")
 flags.DEFINE_bool("confirm", False, "Afterwards train best.cfg and its leave-one-out variants, "
                   "to check that the winning tricks combine.")
 flags.DEFINE_integer("gpus_per_trial", 1, "GPUs each run gets (the recipe's strategy=auto "
@@ -79,7 +80,7 @@ def main(argv: list[str]) -> int:
     try:
         if FLAGS.report_only:
             print(f"report -> {report.write_report(out).report_md}")
-            return 0
+            return EXIT_OK
         runner.check_seeds(seeds, FLAGS.min_effect / 100, FLAGS.max_seeds)
         if FLAGS.print_commands:
             first = runner.FIRST_SEEDS if seeds == runner.AUTO else seeds
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> int:
                                         trials=FLAGS.trials, extended=FLAGS.extended)
             runner.write_commands(baseline, out, jobs, skipped, first, notes)
             print("\n".join(runner.commands(jobs)))
-            return 0
+            return EXIT_OK
         result = runner.run(
             baseline, out, workers=FLAGS.workers, seeds=seeds,
             min_effect=FLAGS.min_effect / 100, max_seeds=FLAGS.max_seeds, trials=FLAGS.trials,
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> int:
     except (runner.ChecklistError, FileNotFoundError) as error:
         print(f"tfmagic-checklist: {error}", file=sys.stderr)
         return EXIT_OUTPUT_DIR
-    return EXIT_RUNS_FAILED if result.failed else 0
+    return EXIT_RUNS_FAILED if result.failed else EXIT_OK
 
 
 def run() -> None:

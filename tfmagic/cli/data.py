@@ -13,6 +13,8 @@ written).
 
 from absl import app, flags
 
+from tfmagic.exit_codes import EXIT_OK
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "The image folder to convert: folder:PATH.")
 flags.DEFINE_string("output_dir", None, "An empty or new directory for the shards.")
@@ -36,7 +38,7 @@ def main(argv: list[str]) -> int:
     print(f"{FLAGS.dataset} -> {FLAGS.output_dir}: {counts} images, "
           f"{len(written['classes'])} classes"
           + (f"; {left_out} undecodable files left out (dataset.json)" if left_out else ""))
-    return 0
+    return EXIT_OK
 
 
 def run() -> None:

@@ -21,13 +21,8 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
-from tfmagic.cli import (
-    EXIT_DIVERGED,
-    EXIT_NO_WEIGHTS,
-    EXIT_OUTPUT_DIR,
-    recipe_from_flags,
-    usage_error,
-)
+from tfmagic.cli import recipe_from_flags, usage_error
+from tfmagic.exit_codes import EXIT_DIVERGED, EXIT_NO_WEIGHTS, EXIT_OK, EXIT_OUTPUT_DIR
 
 FLAGS = flags.FLAGS
 recipe_lib.define_flags(FLAGS)
@@ -67,7 +62,7 @@ def summary_line(result) -> str:
 def main(argv: list[str]) -> int:
     recipe = recipe_from_flags(argv, FLAGS)
 
-    from tfmagic import data, models, training
+    from tfmagic import data, models, rundir, training
 
     try:
         if FLAGS.plot_schedules_only:
@@ -79,32 +74,33 @@ def main(argv: list[str]) -> int:
         raise usage_error(error) from None
     except data.DataError as error:
         raise app.UsageError(str(error)) from None
-    except training.OutputDirError as error:
+    except rundir.OutputDirError as error:
         print(f"tfmagic-train: {error}", file=sys.stderr)
         return EXIT_OUTPUT_DIR
     except models.PretrainedWeightsError as error:
         print(f"tfmagic-train: {error}", file=sys.stderr)
         return EXIT_NO_WEIGHTS
     print(summary_line(result))
-    return 0 if result.status == "completed" else EXIT_DIVERGED
+    return EXIT_OK if result.status == "completed" else EXIT_DIVERGED
 
 
 def _plot_schedules(recipe) -> int:
-    from tfmagic import plots, training
+    from tfmagic import plots, rundir
 
-    path = os.path.join(recipe.output_dir, training.SCHEDULES_PLOT)
+    path = os.path.join(recipe.output_dir, rundir.SCHEDULES_PLOT)
     plots.plot_schedules(recipe, path)
     print(f"schedules of {recipe.epochs} epochs -> {path}")
-    return 0
+    return EXIT_OK
 
 
 def _preview_augment(recipe) -> int:
+    from tfmagic import rundir
     from tfmagic.augment import pipeline
 
-    path = os.path.join(recipe.output_dir, "augment_preview.png")
+    path = os.path.join(recipe.output_dir, rundir.AUGMENT_PREVIEW)
     pipeline.preview(recipe, path)
     print(f"augmentation preview -> {path}")
-    return 0
+    return EXIT_OK
 
 
 def run() -> None:

@@ -42,7 +42,7 @@ from tfmagic.models.applications import (
     min_input_size,
     preprocess_function,
 )
-from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, POOLING_TYPES
+from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, POOLING_TYPES, POOLINGS
 from tfmagic.models.mobilenet import mobilenet_small
 from tfmagic.models.resnet import resnet20, resnet56
 from tfmagic.models.surgery import (
@@ -51,13 +51,16 @@ from tfmagic.models.surgery import (
     set_downscaling_activation,
     subsample_strided_pointwise,
 )
+from tfmagic.registry import Registry
 
 __all__ = [
     "APPLICATION_NAMES",
+    "BACKBONES",
     "DOWNSCALE_ACTIVATIONS",
     "KEEP_ACTIVATION",
     "KERAS_PREFIX",
     "MODEL_NAMES",
+    "POOLINGS",
     "POOLING_TYPES",
     "PretrainedWeightsError",
     "SurgeryReport",
@@ -76,13 +79,14 @@ __all__ = [
     "subsample_strided_pointwise",
 ]
 
-MODEL_NAMES = ("resnet20", "resnet56", "mobilenet_small")
-
-_BUILDERS = {
-    "resnet20": resnet20,
-    "resnet56": resnet56,
-    "mobilenet_small": mobilenet_small,
-}
+BACKBONES = Registry("model")
+"""The built-in backbones: name -> ``build(input_shape, num_classes, *, width,
+downscale_activation, se, drop_path_rate, pooling)``, a functional Keras model."""
+BACKBONES.register("resnet20", resnet20, help="the CIFAR ResNet-20 of He et al. (2016)")
+BACKBONES.register("resnet56", resnet56, help="the CIFAR ResNet-56 of He et al. (2016)")
+BACKBONES.register("mobilenet_small", mobilenet_small,
+                   help="a small MobileNetV2-style network, total stride 16")
+MODEL_NAMES = BACKBONES
 
 
 def build_model(
@@ -148,11 +152,12 @@ def build_model(
                              f"keras.applications model ({name})")
         model = build_application(name, input_shape, num_classes, pretrained=pretrained, se=se,
                                   downscale_activation=downscale_activation, pooling=pooling)
-    elif name in _BUILDERS:
+    elif name in BACKBONES:
         if pretrained != "none":
             raise ValueError(f"pretrained={pretrained!r} is not allowed: 'none' for the "
                              f"built-in backbone {name}")
-        model = _BUILDERS[name](
+        model = BACKBONES.build(
+            name,
             input_shape,
             num_classes,
             width=width,
@@ -162,7 +167,7 @@ def build_model(
             pooling=pooling,
         )
     else:
-        raise ValueError(f"name must be one of {MODEL_NAMES} or 'keras:NAME' with NAME in "
+        raise ValueError(f"name must be one of {tuple(BACKBONES)} or 'keras:NAME' with NAME in "
                          f"APPLICATION_NAMES, got {name!r}")
     if aux_loss_weight > 0:
         return with_auxiliary_head(model, auxiliary_feature_layer(model), weight=aux_loss_weight)

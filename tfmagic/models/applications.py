@@ -48,8 +48,8 @@ from collections.abc import Callable, Sequence
 
 import keras
 
-from tfmagic.layers import AttentionPooling
-from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, POOLING_TYPES
+from tfmagic._checks import check, is_int
+from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, POOLINGS
 from tfmagic.models.surgery import (
     add_squeeze_excite,
     set_downscaling_activation,
@@ -76,11 +76,9 @@ def is_application(model_name: str) -> bool:
 def application_name(model_name: str) -> str:
     """``"keras:MobileNetV2"`` -> ``"MobileNetV2"``; a ValueError for an unknown name."""
     name = model_name[len(KERAS_PREFIX):] if is_application(model_name) else None
-    if name not in APPLICATION_NAMES:
-        raise ValueError(
-            f"model={model_name!r} is not allowed: a keras.applications model is named "
-            f"'keras:NAME' with NAME one of {', '.join(APPLICATION_NAMES)}"
-        )
+    check(name in APPLICATION_NAMES, "model", model_name,
+          "a keras.applications model is named 'keras:NAME' with NAME one of "
+          + ", ".join(APPLICATION_NAMES))
     return name
 
 
@@ -98,13 +96,10 @@ def preprocess_function(model_name: str) -> Callable:
 
 def check_pretrained(pretrained: str) -> None:
     """Raises a ValueError unless ``pretrained`` is "none", "imagenet" or an existing file."""
-    if pretrained in PRETRAINED_CHOICES:
-        return
-    if not isinstance(pretrained, str) or not os.path.isfile(pretrained):
-        raise ValueError(
-            f"pretrained={pretrained!r} is not allowed: 'none', 'imagenet' or the path of an "
-            "existing weights file (.weights.h5)"
-        )
+    known = pretrained in PRETRAINED_CHOICES or (
+        isinstance(pretrained, str) and os.path.isfile(pretrained))
+    check(known, "pretrained", pretrained,
+          "'none', 'imagenet' or the path of an existing weights file (.weights.h5)")
 
 
 def build_application(
@@ -141,33 +136,24 @@ def build_application(
     name = application_name(model_name)
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
     smallest = min_input_size(model_name)
-    if len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < smallest:
-        raise ValueError(
-            f"input_shape={input_shape!r} is not allowed for {model_name}: (height, width, 3) "
-            f"with height and width of at least {smallest}"
-        )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes={num_classes!r} is not allowed: an integer >= 2")
+    check(len(shape) == 3 and shape[2] == 3 and min(shape[:2]) >= smallest, "input_shape",
+          input_shape, f"(height, width, 3) with height and width of at least {smallest} for "
+          f"{model_name}")
+    check(is_int(num_classes) and num_classes >= 2, "num_classes", num_classes,
+          "an integer >= 2")
     check_pretrained(pretrained)
-    if not isinstance(se, bool):
-        raise ValueError(f"se={se!r} is not allowed: True or False")
-    if downscale_activation not in (*DOWNSCALE_ACTIVATIONS, KEEP_ACTIVATION):
-        raise ValueError(
-            f"downscale_activation={downscale_activation!r} is not allowed: one of "
-            f"{(*DOWNSCALE_ACTIVATIONS, KEEP_ACTIVATION)}"
-        )
-    if pooling not in POOLING_TYPES:
-        raise ValueError(f"pooling={pooling!r} is not allowed: one of {POOLING_TYPES}")
+    check(isinstance(se, bool), "se", se, "True or False")
+    activations = (*DOWNSCALE_ACTIVATIONS, KEEP_ACTIVATION)
+    check(downscale_activation in activations, "downscale_activation", downscale_activation,
+          f"one of {activations}")
+    check(pooling in POOLINGS, "pooling", pooling, f"one of {tuple(POOLINGS)}")
 
     backbone, _ = subsample_strided_pointwise(_backbone(name, shape, pretrained))
     if downscale_activation != KEEP_ACTIVATION:
         backbone, _ = set_downscaling_activation(backbone, downscale_activation)
     if se:
         backbone, _ = add_squeeze_excite(backbone)
-    if pooling == "attention":
-        x = AttentionPooling(name="attention_pool")(backbone.output)
-    else:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
+    x = POOLINGS.build(pooling)(backbone.output)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(backbone.input, logits, name=name.lower())
 

@@ -45,18 +45,35 @@ Conventions kept by every backbone:
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
+from tfmagic._checks import is_int, is_number
 from tfmagic.layers import AttentionPooling, DropPath, SqueezeExcite, SubsampledConv2D
+from tfmagic.registry import Registry
 
-DOWNSCALE_ACTIVATIONS = ("leaky_relu", "relu", "swish")
-POOLING_TYPES = ("avg", "attention")
 LEAKY_RELU_SLOPE = 0.1
+DOWNSCALE_ACTIVATIONS = Registry("downscale_activation")
+"""name -> ``build(name, dtype=None)``: the layer after each stride-2 layer."""
+DOWNSCALE_ACTIVATIONS.register(
+    "leaky_relu", help=f"LeakyReLU, negative slope {LEAKY_RELU_SLOPE}",
+    build=lambda name, dtype=None: keras.layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE,
+                                                          name=name, dtype=dtype))
+DOWNSCALE_ACTIVATIONS.register(
+    "relu", help="ReLU", build=lambda name, dtype=None: keras.layers.ReLU(name=name, dtype=dtype))
+DOWNSCALE_ACTIVATIONS.register(
+    "swish", help="Swish (SiLU)",
+    build=lambda name, dtype=None: keras.layers.Activation("swish", name=name, dtype=dtype))
+POOLINGS = Registry("pooling")
+"""name -> ``build()``: the global pooling layer before the logits."""
+POOLINGS.register("avg", help="global average pooling",
+                  build=lambda: keras.layers.GlobalAveragePooling2D(name="avg_pool"))
+POOLINGS.register("attention", help="attention pooling: a learned query, at first exactly "
+                                    "average pooling",
+                  build=lambda: AttentionPooling(name="attention_pool"))
+POOLING_TYPES = POOLINGS
 MIN_INPUT_SIZE = 28
 CHANNEL_DIVISOR = 8
 BN_MOMENTUM = 0.9
@@ -97,7 +114,7 @@ def check_arguments(
         shape = () if isinstance(input_shape, str) else tuple(input_shape)
     except TypeError:
         shape = ()
-    if len(shape) != 3 or not all(_is_int(dim) and dim >= 1 for dim in shape):
+    if len(shape) != 3 or not all(is_int(dim) and dim >= 1 for dim in shape):
         raise ValueError(
             f"input_shape must be (height, width, channels) with positive integers, "
             f"got {input_shape!r}"
@@ -108,35 +125,22 @@ def check_arguments(
             f"input_shape must have height and width of at least {MIN_INPUT_SIZE} pixels, "
             f"got {input_shape!r}"
         )
-    if not _is_int(num_classes) or num_classes < 2:
+    if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if (
-        isinstance(width, bool)
-        or not isinstance(width, numbers.Real)
-        or not math.isfinite(width)
-        or width <= 0
-    ):
+    if not is_number(width) or width <= 0:
         raise ValueError(f"width must be a finite number > 0, got {width!r}")
     if downscale_activation not in DOWNSCALE_ACTIVATIONS:
         raise ValueError(
-            f"downscale_activation must be one of {DOWNSCALE_ACTIVATIONS}, "
+            f"downscale_activation must be one of {tuple(DOWNSCALE_ACTIVATIONS)}, "
             f"got {downscale_activation!r}"
         )
     if not isinstance(se, bool):
         raise ValueError(f"se must be True or False, got {se!r}")
-    if (
-        isinstance(drop_path_rate, bool)
-        or not isinstance(drop_path_rate, numbers.Real)
-        or not 0 <= drop_path_rate < 1
-    ):
+    if not is_number(drop_path_rate) or not 0 <= drop_path_rate < 1:
         raise ValueError(f"drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}")
     if not isinstance(pooling, str) or pooling not in POOLING_TYPES:
-        raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {pooling!r}")
+        raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
     return height, width_px, channels
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def conv(
@@ -201,12 +205,7 @@ def activation(
     """
     if strides == 1:
         return keras.layers.ReLU(name=f"{prefix}_{relu_name}")(x)
-    name = f"{prefix}_downscale_act"
-    if downscale_activation == "leaky_relu":
-        return keras.layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE, name=name)(x)
-    if downscale_activation == "swish":
-        return keras.layers.Activation("swish", name=name)(x)
-    return keras.layers.ReLU(name=name)(x)
+    return DOWNSCALE_ACTIVATIONS.build(downscale_activation, f"{prefix}_downscale_act")(x)
 
 
 def squeeze_excite(x: keras.KerasTensor, ratio: float, prefix: str) -> keras.KerasTensor:
@@ -238,9 +237,6 @@ def residual_add(
 
 
 def classifier(x: keras.KerasTensor, num_classes: int, pooling: str) -> keras.KerasTensor:
-    """Global pooling (``"avg"`` or ``"attention"``) and a float32 ``Dense`` for logits."""
-    if pooling == "attention":
-        x = AttentionPooling(name="attention_pool")(x)
-    else:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    """Global pooling (one of `POOLINGS`) and a float32 ``Dense`` for logits."""
+    x = POOLINGS.build(pooling)(x)
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)

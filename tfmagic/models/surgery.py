@@ -101,7 +101,7 @@ from keras.src.models.functional import Functional
 
 from tfmagic._checks import check, is_int, is_number
 from tfmagic.layers import DropPath, SqueezeExcite, SubsampledConv2D
-from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, LEAKY_RELU_SLOPE
+from tfmagic.models.common import DOWNSCALE_ACTIVATIONS
 
 __all__ = [
     "Change",
@@ -606,11 +606,7 @@ def _describe(layer) -> str:
 
 def _new_activation(activation: str, name: str, dtype) -> keras.layers.Layer:
     """The downscale activation layer, as :func:`tfmagic.models.common.activation` builds it."""
-    if activation == "leaky_relu":
-        return keras.layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE, name=name, dtype=dtype)
-    if activation == "swish":
-        return keras.layers.Activation("swish", name=name, dtype=dtype)
-    return keras.layers.ReLU(name=name, dtype=dtype)
+    return DOWNSCALE_ACTIVATIONS.build(activation, name, dtype)
 
 
 def _unique_name(base: str, taken: set[str]) -> str:

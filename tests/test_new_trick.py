@@ -1,0 +1,112 @@
+"""A new trick is one class, one registry entry and one trial, and then it is everywhere:
+a flag value, a trained run, the checklist (whose runs are separate processes).
+
+The trick lives in a module of its own, as a user's would, named in ``TFMAGIC_PLUGINS``; the
+scenario runs in a fresh process so that the registration does not leak into other tests.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PLUGIN = '''
+from keras import ops
+
+from tfmagic.checklist.trials import EXTENDED_TRIALS, choose
+from tfmagic.choices import LR_SCHEDULES
+from tfmagic.schedules import WarmupSchedule
+
+
+class LinearDecay(WarmupSchedule):
+    def _decay(self, steps, dtype):
+        return ops.cast(self.peak_lr * (1.0 - steps / self.decay_steps), dtype)
+
+
+LR_SCHEDULES.register("linear", help="linear decay to 0",
+                      build=lambda r, total, warmup, peak, floor: LinearDecay(peak, total, warmup))
+EXTENDED_TRIALS.register("lr_linear", choose("lr_schedule", "linear", "lr"), help="linear decay")
+'''
+
+SCENARIO = '''
+import json, os, sys
+
+from absl import flags
+
+from tfmagic import cli  # imports the modules of TFMAGIC_PLUGINS
+from tfmagic import recipe as recipe_lib
+from tfmagic.checklist import runner
+from tfmagic.training import train
+
+values = flags.FlagValues()
+recipe_lib.define_flags(values)
+values(["tfmagic-train", "--lr_schedule=linear"])
+parsed = recipe_lib.from_flags(values)
+
+out = sys.argv[1]
+small = dict(train_subset=400, validation_fraction=0.25, epochs=2, batch_size=50,
+             model="mobilenet_small", width=0.25, warmup_epochs=0.5, augment="none",
+             weight_decay_schedule="lr")
+run = train(recipe_lib.Recipe(lr_schedule="linear", output_dir=os.path.join(out, "run"),
+                              **small), verbose=0)
+checklist = runner.run(recipe_lib.Recipe(**small), os.path.join(out, "checklist"),
+                       trials=["lr_linear"], seeds=1, workers=2, progress=None)
+print(json.dumps({
+    "help": values["lr_schedule"].help,
+    "parsed": parsed.lr_schedule,
+    "status": run.status,
+    "outcomes": {o.key: o.status for o in checklist.outcomes},
+}))
+'''
+
+
+def test_a_new_schedule_is_a_flag_value_a_trained_run_and_a_checklist_trial(tmp_path):
+    """One test, one process for the scenario (a module fixture would run once per xdist
+    worker)."""
+    (tmp_path / "my_trick.py").write_text(textwrap.dedent(PLUGIN))
+    (tmp_path / "scenario.py").write_text(textwrap.dedent(SCENARIO))
+    env = {**os.environ, "TFMAGIC_PLUGINS": "my_trick", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path),
+                                                       os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(tmp_path / "scenario.py"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+
+    # a flag value, with its help from the registry entry
+    assert said["parsed"] == "linear"
+    assert "linear: linear decay to 0" in said["help"]
+
+    # a trained run: the logged learning rate is the linear decay's at the end of each
+    # epoch, computed here from the recipe (400 images, 300 of them for training, batches
+    # of 50: 6 steps an epoch; a warm-up of half an epoch, 3 steps)
+    assert said["status"] == "completed"
+    with open(tmp_path / "run" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    steps_per_epoch, total, warmup, peak = 6, 12, 3, 0.1
+    for row in rows:
+        step = (int(row["epoch"]) + 1) * steps_per_epoch
+        expected = peak * (1 - (step - warmup) / (total - warmup))
+        assert float(row["learning_rate"]) == pytest.approx(expected, abs=1e-6)
+    # the weight decay follows the learning rate (policy "lr"): the one cycle that the new
+    # schedule states by default is enough for every weight-decay policy
+    assert float(rows[0]["weight_decay"]) == pytest.approx(
+        5e-4 * float(rows[0]["learning_rate"]) / peak, rel=1e-5)
+
+    # the checklist: its runs are processes of their own, which load the plugin too
+    assert said["outcomes"] == {"baseline-seed0": "completed", "lr_linear-seed0": "completed"}
+    trial_dir = tmp_path / "checklist" / "trials" / "lr_linear" / "seed0"
+    with open(trial_dir / "recipe.cfg") as f:
+        assert "--lr_schedule=linear\n" in f.read()
+    with open(trial_dir / "result.json") as f:
+        assert json.load(f)["status"] == "completed"
+    with open(tmp_path / "checklist" / "report.md") as f:
+        assert "lr_schedule: cosine_power_cycles -> linear" in f.read()
+    with open(tmp_path / "checklist" / "plan.json") as f:
+        planned = {t["name"]: t for t in json.load(f)["trials"]}
+    assert planned["lr_linear"]["description"] == "linear decay to 0"
