@@ -28,7 +28,28 @@ def _modules_with_examples() -> list[str]:
     return sorted(names)
 
 
-MODULES = _modules_with_examples()
+# Modules whose examples their own test file already runs (doctest.testmod there).
+RUN_ELSEWHERE = {
+    "tfmagic.augment.color": "test_augment_color.py",
+    "tfmagic.augment.crops": "test_augment_crops.py",
+    "tfmagic.augment.erasing": "test_augment_mixing.py",
+    "tfmagic.augment.mixing": "test_augment_mixing.py",
+    "tfmagic.models": "test_models.py",
+    "tfmagic.models.common": "test_models.py",
+    "tfmagic.models.mobilenet": "test_models.py",
+    "tfmagic.models.resnet": "test_models.py",
+    "tfmagic.models.surgery": "test_surgery.py",
+}
+MODULES = [name for name in _modules_with_examples() if name not in RUN_ELSEWHERE]
+
+
+def test_the_other_modules_examples_run_in_their_own_tests():
+    tests_dir = os.path.dirname(__file__)
+    for name, test_file in RUN_ELSEWHERE.items():
+        with open(os.path.join(tests_dir, test_file)) as f:
+            source = f.read()
+        short = name.rpartition(".")[2]
+        assert "doctest.testmod(" in source and short in source, (name, test_file)
 
 
 def test_the_package_has_examples():
