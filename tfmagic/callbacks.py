@@ -253,7 +253,7 @@ def index_batches(size: int, batch_size: int, *, seed: int,
     check(is_int(seed), "seed", seed, "an integer")
     check(is_int(first_epoch) and first_epoch >= 0, "first_epoch", first_epoch,
           "an integer >= 0")
-    batches = data._index_batches(size, batch_size, seed, train=True)
+    batches = data.index_batch_stream(size, batch_size, seed, train=True)
     return batches(first_epoch).map(lambda number, positions, indices: indices)
 
 

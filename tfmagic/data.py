@@ -57,6 +57,7 @@ __all__ = [
     "DataSplits",
     "check_dataset_name",
     "fashion_mnist",
+    "index_batch_stream",
     "load",
     "write_tfrecords",
 ]
@@ -844,8 +845,8 @@ def _file_stats(files: np.ndarray, size: tuple[int, int],
     return _stats_from_histograms(hists)
 
 
-def _index_batches(count: int, batch_size: int, seed: int,
-                   train: bool) -> Callable[..., tf.data.Dataset]:
+def index_batch_stream(count: int, batch_size: int, seed: int,
+                       train: bool) -> Callable[..., tf.data.Dataset]:
     """``batches(first_epoch, worker, workers)``: batches of example indices, each as
     ``(number, positions, indices)`` with the batch's number in the stream and the positions
     of its indices in the whole batch.
@@ -884,8 +885,8 @@ def _index_batches(count: int, batch_size: int, seed: int,
 def _epochs(count: int, batch_size: int, seed: int, train: bool,
             prepare: Callable) -> Callable[..., tf.data.Dataset]:
     """``batches(first_epoch, worker, workers)``: batches of ``prepare(indices)``, the
-    indices batched as `_index_batches` gives them."""
-    indices = _index_batches(count, batch_size, seed, train)
+    indices batched as `index_batch_stream` gives them."""
+    indices = index_batch_stream(count, batch_size, seed, train)
 
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:
@@ -1024,7 +1025,7 @@ def _file_pipeline(
     **finish,
 ) -> Callable[..., tf.data.Dataset]:
     """``batches(first_epoch, worker, workers)`` of image files read and decoded in every
-    epoch, in the order of `_index_batches`.
+    epoch, in the order of `index_batch_stream`.
 
     The images of a batch are read and decoded in parallel, one map call per image. A training
     image with ``crop_scale`` is an Inception crop cut from the file at its full resolution
@@ -1040,7 +1041,7 @@ def _file_pipeline(
     view = center_crop(1.0 if train else crop_fraction, size=size)
     count = len(labels)
     steps = math.ceil(count / batch_size)
-    index_batches = _index_batches(count, batch_size, seed, train)
+    index_batches = index_batch_stream(count, batch_size, seed, train)
     cropping = train and crop_scale is not None
 
     def load_one(stream, number, position, index):
