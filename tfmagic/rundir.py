@@ -452,3 +452,16 @@ def read_plan(out_dir: str) -> Plan:
           f"{path}: seed_policy", policy, "must be an object whose min_effect is a number")
     return Plan(baseline, plan["seeds"], plan["trials"], skipped, policy,
                 [str(note) for note in plan.get("notes", [])])
+
+
+def write_plan(out_dir: str, baseline: Recipe, seeds: int, trials: list[dict[str, Any]],
+               skipped: list[dict[str, str]], policy: dict[str, Any], notes: list[str]) -> None:
+    """Write the plan.json that `read_plan` reads (atomically)."""
+    write_atomic(os.path.join(out_dir, PLAN_FILE), json.dumps({
+        "baseline": dataclasses.asdict(baseline),
+        "seeds": seeds,
+        "trials": trials,
+        "skipped": skipped,
+        "seed_policy": policy,
+        "notes": notes,
+    }, indent=2) + "\n")

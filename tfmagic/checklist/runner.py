@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import math
 import os
 import subprocess
@@ -50,7 +49,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from tfmagic._atomic import writable_problem, write_atomic
+from tfmagic import rundir
+from tfmagic._atomic import writable_problem
 from tfmagic._checks import check, is_int, is_number
 from tfmagic.checklist import report as report_lib
 from tfmagic.checklist import stats
@@ -336,11 +336,10 @@ def _verdicts_line(report: report_lib.Report) -> str:
 def _planned_seeds(out: str, counts: dict[str, int]) -> dict[str, int]:
     """counts raised to the seeds an earlier invocation planned (plan.json), so that an
     interrupted ``seeds="auto"`` checklist continues where it was."""
-    path = os.path.join(out, PLAN_FILE)
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(out, PLAN_FILE)):
         return counts
-    with open(path) as f:
-        planned = {t["name"]: t.get("seeds", 0) for t in json.load(f)["trials"]}
+    plan = rundir.read_plan(out)
+    planned = {t["name"]: plan.seeds_of(t) for t in plan.trials}
     return {name: max(count, planned.get(name, 0)) for name, count in counts.items()}
 
 
@@ -377,11 +376,8 @@ def _write_plan(out: str, baseline: Recipe, seeds: int, trial_list: list[Trial],
                 counts: dict[str, int], jobs: list[Job], skipped: list[SkippedTrial],
                 policy: dict[str, Any], notes: list[str]) -> None:
     baseline_fields = _fields_without_output(baseline)
-    path = os.path.join(out, PLAN_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        previous_fields = {k: v for k, v in previous["baseline"].items() if k != "output_dir"}
+    if os.path.exists(os.path.join(out, PLAN_FILE)):
+        previous_fields = _fields_without_output(rundir.read_plan(out).baseline)
         if previous_fields != baseline_fields:
             changed = sorted(k for k in baseline_fields
                              if previous_fields.get(k) != baseline_fields[k])
@@ -394,14 +390,8 @@ def _write_plan(out: str, baseline: Recipe, seeds: int, trial_list: list[Trial],
     baseline.to_flagfile(os.path.join(out, BASELINE_CFG))
     for job in jobs:
         job.recipe.to_flagfile(job.flagfile)
-    write_atomic(path, json.dumps({
-        "baseline": dataclasses.asdict(baseline),
-        "seeds": seeds,
-        "trials": trials,
-        "skipped": [s.to_json() for s in skipped],
-        "seed_policy": policy,
-        "notes": notes,
-    }, indent=2) + "\n")
+    rundir.write_plan(out, baseline, seeds, trials, [s.to_json() for s in skipped], policy,
+                      notes)
 
 
 def _fields_without_output(recipe: Recipe) -> dict[str, Any]:
