@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tfmagic import models
+from tfmagic._checks import check
 from tfmagic.recipe import Recipe, RecipeError
 from tfmagic.registry import Registry
 
@@ -141,8 +142,10 @@ def choose(field: str, value: Any, group: str, description: str | None = None) -
             (`tfmagic.registry.Registry`), the help of the chosen entry.
     """
     if description is None:
-        registry = next(f.metadata["choices"] for f in dataclasses.fields(Recipe)
-                        if f.name == field)
+        registry = next((f.metadata["choices"] for f in dataclasses.fields(Recipe)
+                         if f.name == field), None)
+        check(isinstance(registry, Registry), "description", description,
+              f"needed for field {field!r}, which has no registry of choices to describe it")
         description = registry.choice(value).help
 
     def make(baseline: Recipe) -> tuple[str, str, dict[str, Any]]:
