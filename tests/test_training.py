@@ -39,15 +39,29 @@ def _history(out):
         return list(csv.DictReader(f))
 
 
+# The tests that read the one finished run share a worker, so it is trained once.
+FINISHED = pytest.mark.xdist_group("finished_run")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "quick"
     recipe = Recipe(epochs=2, output_dir=str(out), **QUICK)
-    return recipe, train(recipe, verbose=0), out
+    traced = []
+
+    def note_traced_variables(next_creator, **kwargs):
+        if tf.inside_function():
+            traced.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(note_traced_variables):
+        result = train(recipe, verbose=0)
+    return recipe, result, out, traced
 
 
+@FINISHED
 def test_short_run_learns_far_above_chance(finished_run):
-    _, result, _ = finished_run
+    _, result, _, _ = finished_run
     assert result.status == "completed"
     assert result.test_accuracy > 0.6
     assert result.best_val_accuracy > 0.6
@@ -55,8 +69,16 @@ def test_short_run_learns_far_above_chance(finished_run):
     assert result.train_images_per_s > 0
 
 
+@FINISHED
+def test_no_variable_is_created_inside_a_traced_step(finished_run):
+    # A traced function that creates variables is traced a second time: the optimizer, loss
+    # and metric variables are built before training, so each step function is traced once.
+    assert finished_run[3] == []
+
+
+@FINISHED
 def test_output_files_hold_the_documented_content(finished_run):
-    recipe, result, out = finished_run
+    recipe, result, out, _ = finished_run
     assert sorted(p.name for p in out.iterdir()) == [
         "history.csv", "model.keras", "recipe.cfg", "result.json", "schedules.png",
         "tensorboard",
@@ -97,8 +119,9 @@ def test_output_files_hold_the_documented_content(finished_run):
     assert list(out.glob(".*")) == []
 
 
+@FINISHED
 def test_finished_run_is_refused_then_replaced_with_overwrite(finished_run):
-    recipe, result, out = finished_run
+    recipe, result, out, _ = finished_run
     before = (out / "result.json").stat().st_mtime_ns
     with pytest.raises(RunExistsError, match="finished run"):
         train(recipe, verbose=0)
@@ -155,8 +178,9 @@ def test_num_classes_smaller_than_the_data_is_refused_before_writing(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@FINISHED
 def test_per_epoch_throughput_is_consistent_with_epoch_time(finished_run):
-    _, _, out = finished_run
+    _, _, out, _ = finished_run
     for row in _history(out):
         train_seconds = 2700 / float(row["train_images_per_s"])
         assert 0 < train_seconds <= float(row["epoch_time_s"]) + 1e-6
@@ -252,8 +276,9 @@ def test_keras_application_model_adapts_input_and_preprocessing(tmp_path):
     assert saved.name == "mobilenetv2"
 
 
+@FINISHED
 def test_tensorboard_holds_hparams_and_final_metrics(finished_run):
-    recipe, result, out = finished_run
+    recipe, result, out, _ = finished_run
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -278,8 +303,9 @@ def _umask():
     return mask
 
 
+@FINISHED
 def test_every_run_file_has_the_mode_of_an_ordinary_file(finished_run):
-    _, _, out = finished_run
+    _, _, out, _ = finished_run
     ordinary = 0o666 & ~_umask()
     for name in ("result.json", "recipe.cfg", "history.csv", "model.keras", "schedules.png"):
         assert os.stat(out / name).st_mode & 0o777 == ordinary, name
@@ -303,9 +329,10 @@ def _stamps(out):
     return {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
 
 
+@FINISHED
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_finished(finished_run, tmp_path,
                                                                      monkeypatch):
-    recipe, result, out = finished_run
+    recipe, result, out, _ = finished_run
     before = _stamps(out)
     monkeypatch.setenv("TFMAGIC_DATA_DIR", str(_broken_fashion_mnist(tmp_path / "fashion-mnist")))
     with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.gz"):

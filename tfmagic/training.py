@@ -212,6 +212,9 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, replac
             steps_per_execution=recipe.steps_per_execution,
             **_loss_and_metrics(recipe, model),
         )
+        if not tf.distribute.has_strategy():
+            _build_compiled_state(model, splits.validation or splits.test, auxiliary=(
+                recipe.aux_loss_weight > 0))
     # Only the chief writes the run's files; another worker of a multi-worker run keeps its
     # history and checkpoints in a folder of its own under backup/, which the chief removes
     # with the rest of backup/ when the run is finished.
@@ -406,6 +409,25 @@ def _loss_and_metrics(recipe: Recipe, model: keras.Model) -> dict[str, Any]:
         "loss_weights": auxiliary_loss_weights(model),
         "metrics": [[accuracy], []],
     }
+
+
+def _build_compiled_state(model: keras.Model, batches: tf.data.Dataset, auxiliary: bool) -> None:
+    """Create the optimizer's, loss trackers' and metrics' variables now (the metrics from one
+    image of ``batches``).
+
+    Under the default strategy Keras creates them inside the first traced train step, and a
+    step that creates variables is traced a second time; built here, it is traced once (one
+    first-epoch trace fewer: seconds on a short run). Other strategies build them already.
+    """
+    images, labels = next(iter(batches.take(1)))
+    images, labels = images[:1], labels[:1]
+    if auxiliary:
+        labels = (labels, labels)
+    predictions = model(images, training=False)
+    model.compute_loss(images, labels, predictions)
+    model.compute_metrics(images, labels, predictions, sample_weight=None)
+    model.reset_metrics()
+    model.optimizer.build(model.trainable_variables)
 
 
 def _duplicate_labels(images: tf.Tensor, labels: tf.Tensor):
