@@ -24,6 +24,9 @@ from tfmagic.checklist.trials import (
 from tfmagic.recipe import Recipe
 from tfmagic.training import train
 
+# Module fixtures (real runs) are shared by several tests: they run in one test process.
+pytestmark = pytest.mark.xdist_group("checklist")
+
 ISSUE_TRIALS = [
     "lr_gamma", "lr_cosine", "opt_sgd_momentum", "opt_adam", "pretrained", "aug_color",
     "wd_higher", "wd_lower", "ls_0", "ls_0.2", "wd_linear", "mixup", "se_off", "act_relu",
@@ -239,29 +242,81 @@ def test_kill_9_then_the_same_command_continues(tmp_path):
     assert (out / "report.md").read_text().split("## Time")[0] == text.split("## Time")[0]
 
 
-@pytest.mark.parametrize("flags,message", [
+BAD_FLAGS = [
     (["--trials=lr_gamma,lr_onecycle"], "trials=lr_onecycle is not allowed"),
     (["--seeds=three"], "--seeds=three is not allowed: 'auto' or an integer >= 1"),
     (["--seeds=0"], "seeds=0 is not allowed: 'auto' or an integer >= 1"),
     (["--max_seeds=1"], "max_seeds"),
-])
-def test_bad_checklist_flags_are_usage_errors(tmp_path, flags, message):
-    process = _cli(*flags, f"--out={tmp_path / 'x'}")
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 1
-    assert message in output
-    assert not (tmp_path / "x").exists()
+]
+
+# Runs tfmagic-checklist's main() once per command line in one process, as the binary does
+# (absl's app.run: usage errors print to stderr and exit 1), and writes (exit status, stdout,
+# stderr) per command line as JSON: one TensorFlow start-up for all of them.
+CLI_IN_ONE_PROCESS = """
+import contextlib, io, json, sys
+from absl import app, flags
+from tfmagic.cli import checklist
+results = []
+for argv in json.loads(sys.argv[1]):
+    flags.FLAGS.unparse_flags()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            app.run(checklist.main, argv=["tfmagic-checklist", *argv])
+        except SystemExit as done:
+            code = done.code or 0
+    results.append([code, out.getvalue(), err.getvalue()])
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
+"""
 
 
-def test_print_commands_writes_flagfiles_that_match_the_trials(tmp_path):
-    out = tmp_path / "printed"
-    done = subprocess.run(
-        [sys.executable, "-m", "tfmagic.cli.checklist", "--epochs=2", f"--out={out}",
-         "--validation_fraction=0", "--print_commands"],
-        capture_output=True, text=True, check=True,
+@pytest.fixture(scope="module")
+def checklist_cli(tmp_path_factory):
+    """tfmagic-checklist with each of BAD_FLAGS and with --print_commands, all in one process,
+    and the binary itself with one bad flag, both at once: {name: (exit status, stdout,
+    stderr, --out)}."""
+    tmp = tmp_path_factory.mktemp("checklist_cli")
+    runs = {",".join(flags): ([*flags, f"--out={tmp / f'x{i}'}"], tmp / f"x{i}")
+            for i, (flags, _) in enumerate(BAD_FLAGS)}
+    runs["print_commands"] = (["--epochs=2", f"--out={tmp / 'printed'}",
+                               "--validation_fraction=0", "--print_commands"], tmp / "printed")
+    binary_out = tmp / "binary"
+    binary = _cli("--seeds=three", f"--out={binary_out}")
+    driver = subprocess.run(
+        [sys.executable, "-c", CLI_IN_ONE_PROCESS,
+         json.dumps([argv for argv, _ in runs.values()]), str(tmp / "results.json")],
+        capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-    lines = done.stdout.strip().splitlines()
+    output, _ = binary.communicate(timeout=300)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    results = json.loads((tmp / "results.json").read_text())
+    done = {name: (*result, out) for (name, (_, out)), result in
+            zip(runs.items(), results, strict=True)}
+    done["binary"] = (binary.returncode, output, "", binary_out)
+    return done
+
+
+@pytest.mark.parametrize("flags,message", BAD_FLAGS)
+def test_bad_checklist_flags_are_usage_errors(checklist_cli, flags, message):
+    code, stdout, stderr, out = checklist_cli[",".join(flags)]
+    assert code == 1
+    assert message in stdout + stderr
+    assert not out.exists()
+
+
+def test_the_binary_exits_1_on_a_bad_flag_and_creates_nothing(checklist_cli):
+    code, output, _, out = checklist_cli["binary"]
+    assert code == 1
+    assert "--seeds=three is not allowed: 'auto' or an integer >= 1" in output
+    assert not out.exists()
+
+
+def test_print_commands_writes_flagfiles_that_match_the_trials(checklist_cli):
+    code, stdout, stderr, out = checklist_cli["print_commands"]
+    assert code == 0, stderr
+    lines = stdout.strip().splitlines()
     assert len(lines) == 2 * 15
     assert all(line.startswith("tfmagic-train --flagfile=") for line in lines)
     recipes = [Recipe.from_flagfile(line.split("=", 1)[1]) for line in lines]

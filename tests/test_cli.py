@@ -15,6 +15,9 @@ from test_recipe import BAD_VALUES
 from tfmagic.cli import train as cli
 from tfmagic.recipe import fields
 
+# Module fixtures (real runs) are shared by several tests: they run in one test process.
+pytestmark = pytest.mark.xdist_group("cli")
+
 BINARY = shutil.which("tfmagic-train", path=os.path.dirname(sys.executable)) or shutil.which(
     "tfmagic-train"
 )
@@ -56,21 +59,75 @@ def test_binary_bad_value_exit_code_and_message(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_binary_helpfull_documents_every_flag(tmp_path):
-    proc = _run_binary("--helpfull", cwd=tmp_path)
+def test_helpfull_documents_every_flag(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")        # the width the binary wraps its help at in a pipe
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit):
+        app.run(cli.main, argv=["tfmagic-train", "--helpfull"])
+    flags.FLAGS.unparse_flags()
+    stdout = capsys.readouterr().out
     for field in fields():
         shown = f"--[no]{field.name}:" if field.type is bool else f"--{field.name}:"
-        assert shown in proc.stdout, field.name
-        assert field.metadata["help"].split(";")[0][:40] in proc.stdout.replace("\n    ", " ")
-    assert "--[no]overwrite" in proc.stdout
+        assert shown in stdout, field.name
+        assert field.metadata["help"].split(";")[0][:40] in stdout.replace("\n    ", " ")
+    assert "--[no]overwrite" in stdout
 
 
-def test_binary_trains_then_refuses_a_finished_run(tmp_path):
-    flagfile = tmp_path / "tiny.cfg"
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory):
+    """A tfmagic-train run killed with SIGKILL after its first epoch, then the same command
+    again, both by the binary: what the kill left and what the second run printed and wrote."""
+    tmp = tmp_path_factory.mktemp("killed")
+    # 40 steps an epoch: the three epochs after the first take seconds, so the kill below
+    # lands before the last one ends even on a busy machine.
+    flagfile = tmp / "kill.cfg"
     flagfile.write_text(
-        "--train_subset=600\n--epochs=1\n--batch_size=64\n--width=0.5\n--output_dir=run\n"
+        "--train_subset=2000\n--validation_fraction=0\n--epochs=4\n--batch_size=50\n"
+        "--width=0.25\n--nose\n--augment=none\n--crop_scheme=none\n--output_dir=run\n"
     )
-    first = _run_binary(f"--flagfile={flagfile}", cwd=tmp_path)
+    command = [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]),
+               f"--flagfile={flagfile}"]
+    history = tmp / "run" / "history.csv"
+    process = subprocess.Popen(command, cwd=tmp, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (history.exists() and len(history.read_text().splitlines()) >= 2):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    killed = {"result_exists": (tmp / "run" / "result.json").exists(),
+              "finished": len(history.read_text().splitlines()) - 1}
+    again = _run_binary(f"--flagfile={flagfile}", cwd=tmp)
+    result_file = tmp / "run" / "result.json"
+    return {"dir": tmp, "flagfile": flagfile, "killed": killed, "again": again,
+            "result": json.loads(result_file.read_text()) if result_file.exists() else None,
+            "history": history.read_text()}
+
+
+def test_binary_killed_with_sigkill_resumes_from_its_last_epoch(killed_then_resumed):
+    run = killed_then_resumed
+    assert not run["killed"]["result_exists"]
+    finished = run["killed"]["finished"]
+    assert 1 <= finished < 4
+
+    again = run["again"]
+    assert again.returncode == 0, again.stderr
+    result = run["result"]
+    assert finished - 1 <= result["resumed_from_epoch"] <= finished
+    assert result["epochs_run"] == 4
+    epochs = [line.split(",")[0] for line in run["history"].splitlines()[1:]]
+    assert epochs == ["0", "1", "2", "3"]
+
+
+def test_binary_trains_then_refuses_a_finished_run(killed_then_resumed, tmp_path, capsys,
+                                                   monkeypatch):
+    # The binary's run that trained the killed run to its end.
+    first = killed_then_resumed["again"]
     assert first.returncode == 0, first.stderr
     for noise in ("I0000", "E0000", "W0000", "cuInit", "absl::InitializeLog"):
         assert noise not in first.stderr + first.stdout, noise
@@ -78,17 +135,24 @@ def test_binary_trains_then_refuses_a_finished_run(tmp_path):
     assert devices.startswith("tfmagic: resnet20 on fashion_mnist, "), devices
     assert ("CPU only" in devices) != ("GPU" in devices), devices
     summary = first.stdout.strip().splitlines()[-1]
-    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    result = killed_then_resumed["result"]
     assert f"test accuracy {result['test_accuracy']:.4f}" in summary
-    stamp = (tmp_path / "run" / "result.json").stat().st_mtime_ns
 
-    second = _run_binary(f"--flagfile={flagfile}", cwd=tmp_path)
-    assert second.returncode == 2
-    assert "finished run" in second.stderr and "--overwrite" in second.stderr
+    # Refused, then replaced, by the binary's main() in this process, on a copy of the
+    # finished run (the binary's own exit status 2 is checked by
+    # test_binary_unwritable_output_dir_exits_2_naming_it).
+    shutil.copytree(killed_then_resumed["dir"] / "run", tmp_path / "run")
+    flagfile = shutil.copy(killed_then_resumed["flagfile"], tmp_path)
+    stamp = (tmp_path / "run" / "result.json").stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    code, err = _run_in_process([f"--flagfile={flagfile}"], capsys)
+    assert code == 2
+    assert "finished run" in err and "--overwrite" in err
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
 
-    third = _run_binary(f"--flagfile={flagfile}", "--overwrite", "--epochs=2", cwd=tmp_path)
-    assert third.returncode == 0, third.stderr
+    code, err = _run_in_process(
+        [f"--flagfile={flagfile}", "--overwrite", "--epochs=2", "--train_subset=300"], capsys)
+    assert code == 0, err
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 2
 
 
@@ -109,58 +173,37 @@ def test_only_flags_write_their_picture_and_do_not_train(flag, extra, written, t
     assert f"-> {out / written}" in capsys.readouterr().out
 
 
-def test_binary_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path):
-    flagfile = tmp_path / "kill.cfg"
-    flagfile.write_text(
-        "--train_subset=2000\n--epochs=4\n--batch_size=64\n--width=0.5\n--augment=none\n"
-        "--crop_scheme=none\n--output_dir=run\n"
-    )
-    command = [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]),
-               f"--flagfile={flagfile}"]
-    history = tmp_path / "run" / "history.csv"
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not (history.exists() and len(history.read_text().splitlines()) >= 2):
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(0.2)
-        time.sleep(0.5)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
-    assert not (tmp_path / "run" / "result.json").exists()
-    finished = len(history.read_text().splitlines()) - 1
-    assert 1 <= finished < 4
-
-    again = _run_binary(f"--flagfile={flagfile}", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert finished - 1 <= result["resumed_from_epoch"] <= finished
-    assert result["epochs_run"] == 4
-    epochs = [line.split(",")[0] for line in history.read_text().splitlines()[1:]]
-    assert epochs == ["0", "1", "2", "3"]
-
-
 @pytest.mark.parametrize("output_dir,words", [
     ("/proc/tfmagic-run", "its parent /proc cannot be written to"),
     ("cfg/run", "lies under"),
 ])
-def test_binary_unwritable_output_dir_exits_2_naming_it(output_dir, words, tmp_path):
+def test_unwritable_output_dir_exits_2_naming_it(output_dir, words, tmp_path, capsys,
+                                                 monkeypatch):
     (tmp_path / "cfg").write_text("a file where a directory would go")
-    proc = _run_binary(f"--output_dir={output_dir}", "--train_subset=300", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, err = _run_in_process([f"--output_dir={output_dir}", "--train_subset=300"], capsys)
+    assert code == 2, err
+    assert f"tfmagic-train: output_dir='{output_dir}' cannot be used: " in err
+    assert words in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg"]
+
+
+def test_binary_unwritable_output_dir_exits_2_naming_it(tmp_path):
+    (tmp_path / "cfg").write_text("a file where a directory would go")
+    proc = _run_binary("--output_dir=cfg/run", "--train_subset=300", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert f"tfmagic-train: output_dir='{output_dir}' cannot be used: " in proc.stderr
-    assert words in proc.stderr
+    assert "tfmagic-train: output_dir='cfg/run' cannot be used: " in proc.stderr
+    assert "lies under" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg"]
 
 
-def test_binary_hand_edited_recipe_file_exits_2_naming_it(tmp_path):
+def test_hand_edited_recipe_file_exits_2_naming_it(tmp_path, capsys, monkeypatch):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "recipe.cfg").write_text("--epochs=3\n--bogus_flag=1\n")
-    proc = _run_binary("--output_dir=run", "--train_subset=300", cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "run/recipe.cfg" in proc.stderr and "bogus_flag" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    code, err = _run_in_process(["--output_dir=run", "--train_subset=300"], capsys)
+    assert code == 2, err
+    assert "run/recipe.cfg" in err and "bogus_flag" in err
+    assert "Traceback" not in err
