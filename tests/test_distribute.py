@@ -163,8 +163,7 @@ def _assert_same_weights(first, second):
 
 def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(tmp_path):
     out = tmp_path / "run"
-    codes, reports, weights = _two_workers(
-        tmp_path, out, {**SMALL, "epochs": 3})
+    codes, reports, weights = _two_workers(tmp_path, out, {**SMALL, "epochs": 2})
     assert codes == [0, 0], reports
     print(f"workers' test accuracy {reports[0]['accuracy']:.4f} {reports[1]['accuracy']:.4f}")
     assert [r["status"] for r in reports] == ["completed", "completed"]
@@ -177,7 +176,7 @@ def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(tmp_
         "tensorboard"]
     saved = json.loads((out / "result.json").read_text())
     assert saved["recipe"]["strategy"] == "multi_worker"
-    assert [row["epoch"] for row in csv.DictReader((out / "history.csv").open())] == ["0", "1", "2"]
+    assert [row["epoch"] for row in csv.DictReader((out / "history.csv").open())] == ["0", "1"]
 
 
 @pytest.mark.slow
@@ -218,13 +217,13 @@ with strategy.scope():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(3)])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"],
+    model.compile(optimizer=keras.optimizers.SGD(0.2), metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 x = np.random.default_rng(0).normal(size=(512, 8)).astype("float32")
 y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 1).astype("int32")
 data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
 with distribute.multi_worker_fit(model):
-    history = model.fit(distribute.shard_by_example(data, strategy), epochs=10, verbose=0)
+    history = model.fit(distribute.shard_by_example(data, strategy), epochs=5, verbose=0)
     loss, accuracy = model.evaluate(distribute.shard_by_example(data, strategy), verbose=0)
 print(json.dumps({"loss": history.history["loss"], "accuracy": accuracy,
                   "weights": [w.tolist() for w in model.get_weights()]}))
@@ -247,7 +246,7 @@ EVERY_PART = dict(aux_loss_weight=0.3, drop_path_rate=0.1, se=True, pooling="att
 @pytest.mark.parametrize("change", [
     pytest.param(dict(precision="mixed_bfloat16", jit_compile=True, steps_per_execution=4),
                  marks=pytest.mark.slow),
-    dict(precision="mixed_float16"),
+    pytest.param(dict(precision="mixed_float16"), marks=pytest.mark.slow),
 ])
 def test_mixed_precision_and_xla_with_every_part(change, tmp_path):
     recipe = Recipe(epochs=2, output_dir=str(tmp_path / "run"),
@@ -255,6 +254,40 @@ def test_mixed_precision_and_xla_with_every_part(change, tmp_path):
     result = train(recipe, verbose=0)
     assert result.status == "completed"
     assert result.test_accuracy > 0.4
+
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+
+
+def _colour_folder(root, per_class, test_per_class):
+    """One class per colour of COLOURS: noisy 28x28 PNGs in train/ and test/."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in [("train", per_class), ("test", test_per_class)]:
+        for label, colour in enumerate(COLOURS):
+            folder = root / split / f"colour{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = np.array(colour) * 0.7 + 38 + rng.normal(0, 10, (28, 28, 3))
+                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+                    folder / f"{i:02d}.png")
+    return root
+
+
+def test_mixed_float16_with_every_part_learns(tmp_path):
+    """mixed_float16 (loss scaling, float16 activations) with every part, on data that a few
+    steps learn: float16 convolution gradients are about 100 times slower than float32 on a
+    CPU, so Fashion-MNIST is the slow test above. 4 colour classes (chance 0.25), 43 training
+    images, 3 epochs of Adam (SGD needs more steps; 2 epochs reach 0.75 to 1.0 by seed)."""
+    folder = _colour_folder(tmp_path / "colours", per_class=12, test_per_class=20)
+    recipe = Recipe(dataset=f"folder:{folder}", epochs=3, batch_size=8, width=0.25,
+                    optimizer="adam", lr=0.01, augment="none", crop_scheme="none", seed=1,
+                    validation_fraction=0.1, precision="mixed_float16",
+                    output_dir=str(tmp_path / "run"), **EVERY_PART)
+    result = train(recipe, verbose=0)
+    assert result.status == "completed"
+    assert result.test_accuracy > 0.7
 
 
 def test_chief_rule(monkeypatch):
@@ -315,7 +348,8 @@ def test_multi_worker_streamed_folder_each_worker_reads_its_share(tmp_path):
     out = tmp_path / "run"
     codes, reports, weights = _two_workers(tmp_path, out, {
         "dataset": f"folder:{folder}", "cache": "none", "image_size": 32, "batch_size": 16,
-        "width": 0.25, "epochs": 2, "validation_fraction": 0.1})
+        "width": 0.25, "se": False, "augment": "none", "epochs": 2,
+        "validation_fraction": 0.1})
     assert codes == [0, 0], reports
     assert [r["status"] for r in reports] == ["completed", "completed"]
     _assert_same_weights(*weights)

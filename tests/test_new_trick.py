@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 PLUGIN = '''
@@ -47,9 +48,9 @@ recipe_lib.define_flags(values)
 values(["tfmagic-train", "--lr_schedule=linear"])
 parsed = recipe_lib.from_flags(values)
 
-out = sys.argv[1]
-small = dict(train_subset=400, validation_fraction=0.25, epochs=2, batch_size=50,
-             model="mobilenet_small", width=0.25, warmup_epochs=0.5, augment="none",
+out, folder = sys.argv[1:3]
+small = dict(dataset="folder:" + folder, validation_fraction=0.25, epochs=2, batch_size=4,
+             model="resnet20", se=False, width=0.25, warmup_epochs=0.5, augment="none",
              weight_decay_schedule="lr")
 run = train(recipe_lib.Recipe(lr_schedule="linear", output_dir=os.path.join(out, "run"),
                               **small), verbose=0)
@@ -64,16 +65,34 @@ print(json.dumps({
 '''
 
 
+def _write_folder(root, classes=4, per_class=8, test_per_class=2):
+    """Noisy 28x28 PNGs, one colour channel per class, in train/ and test/ (a small test set:
+    the runs' evaluation would otherwise be Fashion-MNIST's 10,000 images)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in [("train", per_class), ("test", test_per_class)]:
+        for k in range(classes):
+            folder = root / split / f"class{k}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 80, size=(28, 28, 3))
+                image[..., k % 3] += 50 * (1 + k // 3)
+                Image.fromarray(image.astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
 def test_a_new_schedule_is_a_flag_value_a_trained_run_and_a_checklist_trial(tmp_path):
     """One test, one process for the scenario (a module fixture would run once per xdist
     worker)."""
+    folder = _write_folder(tmp_path / "images")
     (tmp_path / "my_trick.py").write_text(textwrap.dedent(PLUGIN))
     (tmp_path / "scenario.py").write_text(textwrap.dedent(SCENARIO))
     env = {**os.environ, "TFMAGIC_PLUGINS": "my_trick", "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path),
                                                        os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, str(tmp_path / "scenario.py"), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, str(tmp_path / "scenario.py"), str(tmp_path),
+                           str(folder)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     said = json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -82,8 +101,8 @@ def test_a_new_schedule_is_a_flag_value_a_trained_run_and_a_checklist_trial(tmp_
     assert "linear: linear decay to 0" in said["help"]
 
     # a trained run: the logged learning rate is the linear decay's at the end of each
-    # epoch, computed here from the recipe (400 images, 300 of them for training, batches
-    # of 50: 6 steps an epoch; a warm-up of half an epoch, 3 steps)
+    # epoch, computed here from the recipe (32 training images, 24 of them for training,
+    # batches of 4: 6 steps an epoch; a warm-up of half an epoch, 3 steps)
     assert said["status"] == "completed"
     with open(tmp_path / "run" / "history.csv") as f:
         rows = list(csv.DictReader(f))

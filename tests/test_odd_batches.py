@@ -118,21 +118,35 @@ def test_backbones_and_keras_resnets_have_no_strided_pointwise_conv():
     assert strided_pointwise(application) == []
 
 
-def test_odd_batches_train_through_train_in_a_subprocess(tmp_path):
-    """Batches of 1, 3 and 63 with an odd last batch (10 = 3+3+3+1, 64 = 63+1), on a built-in
-    backbone and on keras.applications' ResNet50."""
+def _train_runs(tmp_path, runs):
+    """Train each of ``runs`` (name -> Recipe changes) for one epoch on `_write_folder`'s
+    images in one subprocess, and check that every run completed its epoch."""
     folder = _write_folder(tmp_path / "images")
-    runs = {
-        "batch1": dict(train_subset=9, batch_size=1, width=0.25),
-        "batch3": dict(train_subset=10, batch_size=3, width=0.25),
-        "batch63": dict(train_subset=64, batch_size=63, width=0.25),
-        "resnet50_batch3": dict(train_subset=10, batch_size=3, model="keras:ResNet50",
-                                se=False),
-    }
     done = _python(RUNS, json.dumps(runs), str(folder), str(tmp_path / "runs"))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert results == {name: ["completed", 1] for name in runs}
+
+
+def test_odd_batches_train_through_train_in_a_subprocess(tmp_path):
+    """Batches of 1, 3 and 63 with an odd last batch (10 = 3+3+3+1, 64 = 63+1), on a built-in
+    backbone."""
+    _train_runs(tmp_path, {
+        "batch1": dict(train_subset=9, batch_size=1, width=0.25),
+        "batch3": dict(train_subset=10, batch_size=3, width=0.25),
+        "batch63": dict(train_subset=64, batch_size=63, width=0.25),
+    })
+
+
+@pytest.mark.slow
+def test_odd_batches_train_keras_resnet50_through_train_in_a_subprocess(tmp_path):
+    """Batches of 3 with an odd last batch (10 = 3+3+3+1) on keras.applications' ResNet50,
+    whose rewritten strided 1x1 convolutions the default run checks without training
+    (test_backbones_and_keras_resnets_have_no_strided_pointwise_conv)."""
+    _train_runs(tmp_path, {
+        "resnet50_batch3": dict(train_subset=10, batch_size=3, model="keras:ResNet50",
+                                se=False),
+    })
 
 
 def test_the_upstream_reproduction_is_recorded_for_this_machine():
