@@ -19,6 +19,26 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 SMALL = dict(train_subset=2000, validation_fraction=0.1, batch_size=64, width=0.5, lr=0.05,
              augment="none", crop_scheme="none", se=False, seed=1)
 
+
+@pytest.fixture(scope="module")
+def fashion_folder(tmp_path_factory):
+    """SMALL's dataset as a folder: the first 2,000 Fashion-MNIST training images and 500 of
+    its test images (a distributed evaluation of all 10,000 costs more than the training)."""
+    from PIL import Image
+
+    from tfmagic import data
+
+    root = tmp_path_factory.mktemp("fashion_mnist")
+    (x_train, y_train), (x_test, y_test) = data.fashion_mnist()
+    for split, images, labels in [("train", x_train[:2000], y_train[:2000]),
+                                  ("test", x_test[:500], y_test[:500])]:
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.reshape(28, 28)).save(folder / f"{i:04d}.png")
+    return f"folder:{root}"
+
+
 MIRRORED_SCRIPT = """
 import json, sys
 import tensorflow as tf
@@ -80,8 +100,8 @@ def test_mirrored_first_update_equals_the_single_device_update():
     assert found["difference"] < 1e-3 * found["moved"]
 
 
-def test_mirrored_over_two_cpus_trains_a_recipe(tmp_path):
-    found = _mirrored(str(tmp_path / "run"), json.dumps(SMALL))
+def test_mirrored_over_two_cpus_trains_a_recipe(tmp_path, fashion_folder):
+    found = _mirrored(str(tmp_path / "run"), json.dumps({**SMALL, "dataset": fashion_folder}))
     assert found["status"] == "completed"
     assert found["accuracy"] > 0.5
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -161,9 +181,11 @@ def _assert_same_weights(first, second):
         np.testing.assert_array_equal(first[name], second[name])
 
 
-def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(tmp_path):
+def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(
+        tmp_path, fashion_folder):
     out = tmp_path / "run"
-    codes, reports, weights = _two_workers(tmp_path, out, {**SMALL, "epochs": 2})
+    codes, reports, weights = _two_workers(
+        tmp_path, out, {**SMALL, "dataset": fashion_folder, "epochs": 2})
     assert codes == [0, 0], reports
     print(f"workers' test accuracy {reports[0]['accuracy']:.4f} {reports[1]['accuracy']:.4f}")
     assert [r["status"] for r in reports] == ["completed", "completed"]
