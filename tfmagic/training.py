@@ -421,7 +421,7 @@ def _build_compiled_state(model: keras.Model, batches: tf.data.Dataset, auxiliar
     images, labels = next(iter(batches.take(1)))
     images, labels = images[:1], labels[:1]
     if auxiliary:
-        labels = (labels, labels)
+        images, labels = _duplicate_labels(images, labels)
     predictions = model(images, training=False)
     model.compute_loss(images, labels, predictions)
     model.compute_metrics(images, labels, predictions, sample_weight=None)
