@@ -118,7 +118,7 @@ def test_a_trial_the_baseline_cannot_run_is_skipped_before_anything_starts(tmp_p
 
 # Trained end to end in the default run (pretrained is skipped: the baseline is no
 # keras.applications model); `test_every_trial_trains` trains them all.
-FEW_TRIALS = ["lr_cosine", "se_off", "pretrained"]
+FEW_TRIALS = ["lr_cosine", "pretrained"]
 BOOM = Trial("boom", "boom", "a learning rate that diverges", {"lr": 1e12})
 
 
@@ -180,7 +180,9 @@ def test_best_cfg_parses_and_trains(checklist_run, tmp_path):
     best = Recipe.from_flagfile(out / "best.cfg")
     assert _differences(best, Recipe(**QUICK)) <= {"output_dir"} | set().union(
         *CHANGED_FIELDS.values())
-    trained = train(dataclasses.replace(best, output_dir=str(tmp_path / "best")), verbose=0)
+    # One short epoch: what is checked is that the written recipe trains, not how well.
+    trained = train(dataclasses.replace(best, output_dir=str(tmp_path / "best"), epochs=1,
+                                        train_subset=300), verbose=0)
     assert trained.status == "completed"
 
 

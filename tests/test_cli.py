@@ -82,7 +82,7 @@ def killed_then_resumed(tmp_path_factory):
     # lands before the last one ends even on a busy machine.
     flagfile = tmp / "kill.cfg"
     flagfile.write_text(
-        "--train_subset=2000\n--validation_fraction=0\n--epochs=4\n--batch_size=50\n"
+        "--train_subset=1000\n--validation_fraction=0\n--epochs=4\n--batch_size=25\n"
         "--width=0.25\n--nose\n--augment=none\n--crop_scheme=none\n--output_dir=run\n"
     )
     command = [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]),
@@ -151,9 +151,9 @@ def test_binary_trains_then_refuses_a_finished_run(killed_then_resumed, tmp_path
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
 
     code, err = _run_in_process(
-        [f"--flagfile={flagfile}", "--overwrite", "--epochs=2", "--train_subset=300"], capsys)
+        [f"--flagfile={flagfile}", "--overwrite", "--epochs=1", "--train_subset=300"], capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 2
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 1
 
 
 @pytest.mark.parametrize("flag,extra,written", [

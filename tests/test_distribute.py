@@ -83,6 +83,11 @@ else:
 """
 
 
+# The runs on two logical CPUs or two worker processes wait for each other at every step: two
+# of them side by side on a 2-core machine take twice as long each. They run one after another.
+CLUSTER = pytest.mark.xdist_group("two_devices")
+
+
 def _mirrored(*args):
     done = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, *args], capture_output=True,
                           text=True, env=ENV, timeout=900, check=False)
@@ -90,6 +95,7 @@ def _mirrored(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@CLUSTER
 def test_mirrored_first_update_equals_the_single_device_update():
     found = _mirrored("step")
     print(f"largest weight change {found['moved']:.4g}, largest difference between the "
@@ -100,6 +106,7 @@ def test_mirrored_first_update_equals_the_single_device_update():
     assert found["difference"] < 1e-3 * found["moved"]
 
 
+@CLUSTER
 def test_mirrored_over_two_cpus_trains_a_recipe(tmp_path, fashion_folder):
     found = _mirrored(str(tmp_path / "run"), json.dumps({**SMALL, "dataset": fashion_folder}))
     assert found["status"] == "completed"
@@ -181,6 +188,7 @@ def _assert_same_weights(first, second):
         np.testing.assert_array_equal(first[name], second[name])
 
 
+@CLUSTER
 def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(
         tmp_path, fashion_folder):
     out = tmp_path / "run"
@@ -201,6 +209,7 @@ def test_multi_worker_two_processes_identical_weights_and_only_chief_writes(
     assert [row["epoch"] for row in csv.DictReader((out / "history.csv").open())] == ["0", "1"]
 
 
+@CLUSTER
 @pytest.mark.slow
 def test_multi_worker_resume_after_a_kill_between_the_workers_checkpoints(tmp_path):
     out = tmp_path / "run"
@@ -252,6 +261,7 @@ print(json.dumps({"loss": history.history["loss"], "accuracy": accuracy,
 """
 
 
+@CLUSTER
 def test_multi_worker_fit_makes_plain_keras_fit_work():
     codes, reports = _cluster(PLAIN_FIT_SCRIPT, lambda index: [])
     assert codes == [0, 0], reports
@@ -350,9 +360,8 @@ def test_multi_worker_without_tf_config_and_bad_values(monkeypatch):
 
 
 def test_multi_worker_streamed_folder_each_worker_reads_its_share(tmp_path):
-    """A streamed photo folder on a 2-worker cluster: each worker decodes only its half of
-    every global batch (checked on the pipeline), and training keeps the workers' weights
-    identical."""
+    """A streamed photo folder split between 2 workers: each worker decodes only its half of
+    every global batch (checked on the pipeline)."""
     from photos import photo_folder
 
     from tfmagic import data
@@ -367,6 +376,16 @@ def test_multi_worker_streamed_folder_each_worker_reads_its_share(tmp_path):
         assert len(first) + len(second) == len(batch) and len(first) - len(second) in (0, 1)
         np.testing.assert_array_equal(batch[0::2], first)
         np.testing.assert_array_equal(batch[1::2], second)
+
+
+@CLUSTER
+@pytest.mark.slow
+def test_multi_worker_streamed_folder_trains_with_identical_weights(tmp_path):
+    """A streamed photo folder trained on a 2-worker cluster keeps the workers' weights
+    identical."""
+    from photos import photo_folder
+
+    folder = photo_folder(tmp_path / "photos", per_class=24)
     out = tmp_path / "run"
     codes, reports, weights = _two_workers(tmp_path, out, {
         "dataset": f"folder:{folder}", "cache": "none", "image_size": 32, "batch_size": 16,

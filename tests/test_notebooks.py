@@ -1,8 +1,12 @@
 """The Colab notebooks: stored clean, with their badge, install cell and FAST parameter, and
-run headless top to bottom with FAST=1 (offline, so on Fashion-MNIST)."""
+each name they use from tfmagic checked; `pytest -m slow` runs them headless top to bottom
+with FAST=1 (offline, so on Fashion-MNIST)."""
 
+import ast
+import importlib
 import json
 import re
+import types
 from pathlib import Path
 
 import nbformat
@@ -73,6 +77,75 @@ def _execute(name, tmp_path, report):
     return json.loads(line.removeprefix("REPORT ")), text, images
 
 
+def _tfmagic_names(source):
+    """The tfmagic names that `source` uses: (module, attribute path) for each `from tfmagic...
+    import name` and each attribute read from a tfmagic module it imported."""
+    tree = ast.parse(source)
+    modules, used = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "tfmagic":
+                    modules[alias.asname or "tfmagic"] = alias.name if alias.asname else "tfmagic"
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tfmagic"):
+            for alias in node.names:
+                if _module(f"{node.module}.{alias.name}"):
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                else:
+                    used.append((node.module, [alias.name]))
+    for node in ast.walk(tree):
+        path = []
+        while isinstance(node, ast.Attribute):
+            path.insert(0, node.attr)
+            node = node.value
+        if path and isinstance(node, ast.Name) and node.id in modules:
+            used.append((modules[node.id], path))
+    return used
+
+
+def _module(name):
+    """The module `name`, or None where there is none."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return None
+
+
+def _missing(used):
+    """The names of `used` (as `_tfmagic_names` gives them) that tfmagic does not have."""
+    missing = []
+    for module, path in used:
+        value = importlib.import_module(module)
+        for i, attribute in enumerate(path):
+            if isinstance(value, types.ModuleType) and not hasattr(value, attribute):
+                value = _module(f"{value.__name__}.{attribute}")   # a submodule not yet imported
+            else:
+                value = getattr(value, attribute, None)
+            if value is None:
+                missing.append(".".join([module, *path[:i + 1]]))
+                break
+    return missing
+
+
+def test_a_missing_tfmagic_name_is_found():
+    used = _tfmagic_names("import tfmagic\nfrom tfmagic import data\nfrom tfmagic.losses import "
+                          "Nope\ndata.load\ndata.nope\ntfmagic.layers.SqueezeExcite\n")
+    assert _missing(used) == ["tfmagic.losses.Nope", "tfmagic.data.nope"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_cell_parses_and_every_tfmagic_name_it_uses_exists(name):
+    """Without running the notebook (the default run executes none: `pytest -m slow` does):
+    each code cell is valid Python and each tfmagic name it reads is there."""
+    cells = [cell.source for cell in _code(_read(name))]
+    for source in cells:
+        ast.parse(source)
+    used = _tfmagic_names("\n".join(cells))          # a name imported in one cell, read in later
+    assert used, f"{name} uses no tfmagic name"
+    assert _missing(used) == []
+
+
+@pytest.mark.slow
 def test_quickstart_trains_with_fit_and_shows_the_schedule_and_the_augmentation(tmp_path):
     found, text, images = _execute("01_quickstart.ipynb", tmp_path, """{
         "accuracy": float(test_accuracy), "epochs": len(history.history["loss"]),
