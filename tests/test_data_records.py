@@ -98,6 +98,29 @@ def test_the_command_writes_the_same_shards_as_the_library(photos, shards, tmp_p
     assert refused.returncode == 1 and "already holds files" in refused.stderr
 
 
+def test_a_conversion_stopped_part_way_leaves_no_output_dir(photos, tmp_path, monkeypatch):
+    """The shards are written beside output_dir and renamed to it once whole: a conversion
+    that fails after its training shards (here the disk fills up) leaves nothing."""
+    write_shards = records.write_shards
+
+    def full_disk_at_the_test_split(output_dir, prefix, *args):
+        if prefix == "test":
+            raise OSError(28, "No space left on device")
+        return write_shards(output_dir, prefix, *args)
+
+    monkeypatch.setattr(records, "write_shards", full_disk_at_the_test_split)
+    with pytest.raises(OSError, match="No space left"):
+        data.write_tfrecords(f"folder:{photos}", str(tmp_path / "out"), shard_bytes=100_000)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    written = data.write_tfrecords(f"folder:{photos}", str(tmp_path / "out"),
+                                   shard_bytes=100_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert json.loads((tmp_path / "out" / records.DESCRIPTION_FILE).read_text()) == written
+    assert {name.split("-")[0] for name in os.listdir(tmp_path / "out")} == {
+        "train", "test", records.DESCRIPTION_FILE}
+
+
 def test_tfrecords_train_through_train(shards, tmp_path):
     recipe = Recipe(dataset=f"tfrecord:{shards}", image_size=48, epochs=2, batch_size=16,
                     width=0.25, crop_scheme="random_resized_crop", augment="autoaugment",

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gzip
 import hashlib
 import importlib
 import json
 import math
 import os
+import shutil
+import uuid
 import zlib
 from collections.abc import Callable
 
@@ -45,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmagic import records
-from tfmagic._atomic import write_atomic
+from tfmagic._atomic import writable_problem, write_atomic
 from tfmagic._checks import is_int, is_number
 from tfmagic.augment.crops import center_crop, random_resized_crop, sample_boxes
 from tfmagic.records import decode, decoder_reason
@@ -297,13 +300,32 @@ def fashion_mnist(
 # ----------------------------------------------------------------------------- image folders
 
 
+def _unreadable_link(path: str) -> str | None:
+    """Why the symbolic link ``path`` leads nowhere (broken, or a loop); None when ``path``
+    is not such a link."""
+    if not os.path.islink(path) or os.path.exists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+    return f"a broken symbolic link (to {os.readlink(path)})"
+
+
 def _class_names(directory: str) -> list[str]:
-    """The class sub-folders of an image folder, sorted; hidden ones (``.name``) are skipped."""
-    return [
-        name
-        for name in sorted(os.listdir(directory))
-        if not name.startswith(".") and os.path.isdir(os.path.join(directory, name))
-    ]
+    """The class sub-folders of an image folder, sorted; hidden ones (``.name``) are skipped.
+
+    Raises:
+        DataError: an entry is a symbolic link that leads nowhere (it would be a class
+            silently missing).
+    """
+    names = [name for name in sorted(os.listdir(directory)) if not name.startswith(".")]
+    for name in names:
+        broken = _unreadable_link(os.path.join(directory, name))
+        if broken:
+            raise DataError(f"image folder {directory}: {name} is {broken}; fix or remove it")
+    return [name for name in names if os.path.isdir(os.path.join(directory, name))]
 
 
 def _has_image(directory: str) -> bool:
@@ -358,7 +380,12 @@ def _folder_files(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
         for root, _, found in walk:
             for file in sorted(found):
                 if file.lower().endswith(_IMAGE_EXTENSIONS):
-                    files.append(os.path.join(root, file))
+                    path = os.path.join(root, file)
+                    broken = _unreadable_link(path)
+                    if broken:
+                        raise DataError(f"image folder {directory}: {path} is {broken}; fix or "
+                                        "remove it")
+                    files.append(path)
                     labels.append(label)
     if not files:
         raise DataError(
@@ -710,12 +737,19 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
     names, split sizes and the files left out because they do not decode. Paths go through
     ``tf.io.gfile`` (``gs://`` works where TensorFlow has that file system).
 
+    A local ``output_dir`` is written as a hidden folder beside it (``.tmp-<random>-<name>``)
+    and renamed to it once whole, so a conversion stopped part-way leaves no ``output_dir``
+    (a kill leaves the hidden folder, to delete). Elsewhere the shards are written in place;
+    a set left incomplete there is refused when its directory is read
+    (`records.tfrecord_source` names the missing ``-of-N`` members).
+
     Returns:
         The contents of ``dataset.json``.
 
     Raises:
-        DataError: ``dataset`` is not a folder spec, ``output_dir`` already holds files, or
-            a bad argument; shards written before an error are removed.
+        DataError: ``dataset`` is not a folder spec, ``output_dir`` cannot be written or
+            already holds files, or a bad argument; shards written before an error are
+            removed.
     """
     check_dataset_name(dataset)
     kind, _, path = dataset.partition(":")
@@ -723,6 +757,10 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
         raise DataError(f"dataset must be a folder:PATH to write as TFRecords, got {dataset!r}")
     _check_int("shard_bytes", shard_bytes, 1)
     _check_int("seed", seed, 0)
+    if "://" not in output_dir:          # a local path: checked before the folder is read
+        problem = writable_problem(output_dir)
+        if problem:
+            raise DataError(f"output_dir={output_dir!r} cannot be used: {problem}")
     if tf.io.gfile.exists(output_dir) and tf.io.gfile.listdir(output_dir):
         raise DataError(f"output_dir {output_dir} already holds files; give an empty or new "
                         "directory")
@@ -731,21 +769,34 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
     order = rng.permutation(len(folder.y_train))
     splits = {"train": [(folder.x_train[i], int(folder.y_train[i])) for i in order],
               "test": list(zip(folder.x_test, folder.y_test.tolist(), strict=True))}
-    tf.io.gfile.makedirs(output_dir)
+    local = "://" not in output_dir
+    if local:                # written beside it, renamed to it when whole
+        target = os.path.abspath(output_dir)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = os.path.join(os.path.dirname(target),
+                               f".tmp-{uuid.uuid4().hex}-{os.path.basename(target)}")
+        os.mkdir(staging)
+    else:
+        staging = output_dir
+        tf.io.gfile.makedirs(output_dir)
     written = []
     try:
         for prefix, items in splits.items():
-            written += records.write_shards(output_dir, prefix, items, folder.names,
-                                            shard_bytes)
+            written += records.write_shards(staging, prefix, items, folder.names, shard_bytes)
         description = {"classes": list(folder.names), "label_base": 0,
                        "splits": {name: len(items) for name, items in splits.items()},
                        "bad_files": list(folder.bad_files), "source": dataset}
-        write_atomic(tf.io.gfile.join(output_dir, records.DESCRIPTION_FILE),
+        write_atomic(tf.io.gfile.join(staging, records.DESCRIPTION_FILE),
                      json.dumps(description, indent=1) + "\n")
+        if local:
+            os.replace(staging, target)      # over a missing or an empty directory
     except BaseException:
-        for shard in written:
-            with contextlib.suppress(tf.errors.OpError):
-                tf.io.gfile.remove(shard)
+        if local:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            for shard in written:
+                with contextlib.suppress(tf.errors.OpError):
+                    tf.io.gfile.remove(shard)
         raise
     return description
 

@@ -124,6 +124,25 @@ def _split_of(shard: str) -> str | None:
     return None
 
 
+# A member of a numbered shard set: ``train-00003-of-00032.tfrecord``.
+_NUMBERED = re.compile(r"^(?P<stem>.*)-(?P<index>\d+)-of-(?P<count>\d+)(?P<suffix>.*)$")
+
+
+def _missing_members(shards: list[str]) -> list[str]:
+    """The members that a numbered shard set (``-NNNNN-of-NNNNN``) among ``shards`` lacks."""
+    sets: dict[tuple[str, str, str, str], set[int]] = {}
+    for shard in shards:
+        found = _NUMBERED.match(os.path.basename(shard))
+        if found:
+            key = (os.path.dirname(shard), found["stem"], found["count"], found["suffix"])
+            sets.setdefault(key, set()).add(int(found["index"]))
+    missing = []
+    for (directory, stem, count, suffix), present in sorted(sets.items()):
+        missing += [tf.io.gfile.join(directory, f"{stem}-{index:0{len(count)}d}-of-{count}{suffix}")
+                    for index in range(int(count)) if index not in present]
+    return missing
+
+
 def tfrecord_source(pattern: str, label_base: int = 0) -> Source:
     """The TFRecord shards matched by ``pattern`` (a glob, or a directory for all its files).
 
@@ -132,10 +151,13 @@ def tfrecord_source(pattern: str, label_base: int = 0) -> Source:
     Class names come from ``dataset.json`` beside the shards when there is one.
 
     Raises:
-        RecordError: nothing matches, a matched file belongs to neither split, or there
-            are no training shards; each names the pattern and the files.
+        RecordError: nothing matches, a matched file belongs to neither split, a directory's
+            numbered set (``train-00003-of-00032.tfrecord``) lacks members (a glob may pick
+            some members), or there are no training shards; each names the pattern and the
+            files.
     """
-    if tf.io.gfile.isdir(pattern):
+    whole_set = tf.io.gfile.isdir(pattern)          # a glob may choose some shards of a set
+    if whole_set:
         shards = [tf.io.gfile.join(pattern, name) for name in tf.io.gfile.listdir(pattern)
                   if not name.startswith(".") and name != DESCRIPTION_FILE]
     else:
@@ -152,6 +174,12 @@ def tfrecord_source(pattern: str, label_base: int = 0) -> Source:
             f"{what}: {len(stray)} file(s) belong to no split ({', '.join(stray[:5])}); shard "
             f"names start with {' or '.join(TRAIN_PREFIXES)} (training) or "
             f"{', '.join(TEST_PREFIXES)} (test)")
+    missing = _missing_members(shards) if whole_set else []
+    if missing:
+        raise RecordError(
+            f"{what}: {len(missing)} member(s) of a numbered shard set are missing "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); a conversion "
+            "that did not finish? Write the set again")
     train = tuple(i for i, split in enumerate(splits) if split == "train")
     if not train:
         raise RecordError(f"{what}: no training shards (names starting with "
@@ -237,7 +265,7 @@ def index(source: Source) -> Index:
         read_shard, read_position, _ = _read_all(_records_read(source))
         shard, position, label = _read_all(_records(source))
     except tf.errors.OpError as e:
-        raise RecordError(f"{source.what}: {decoder_reason(e)}") from e
+        raise _unreadable_shard(source, e) from e
     counts = np.zeros(len(source.shards), np.int64)
     np.maximum.at(counts, read_shard, read_position + 1)
     order = np.lexsort((position, shard))
@@ -260,6 +288,22 @@ def index(source: Source) -> Index:
                  counts=result.counts, bad=np.array(result.bad, dtype=str))
         write_atomic(record, buffer.getvalue())
     return result
+
+
+def _unreadable_shard(source: Source, error: tf.errors.OpError) -> RecordError:
+    """The error naming the first shard of ``source`` that cannot be read to its end, and
+    where it breaks (each shard is read again, one at a time: this runs only after a read
+    failed)."""
+    for shard in source.shards:
+        try:
+            tf.data.TFRecordDataset(shard).reduce(np.int64(0), lambda count, _: count + 1)
+        except tf.errors.OpError as e:
+            found = re.search(r"(corrupted|truncated) record at (\d+)", e.message)
+            reason = (f"a {found[1]} record at byte {found[2]}" if found
+                      else decoder_reason(e))
+            return RecordError(f"{source.what}: shard {shard} cannot be read: {reason}; write "
+                               "it again (tfmagic-data) or remove the set")
+    return RecordError(f"{source.what}: {decoder_reason(error)}")
 
 
 def _records_read(source: Source) -> tf.data.Dataset:

@@ -7,8 +7,8 @@ The shards keep every file's bytes (no re-encoding), in the ImageNet schema, tra
 records in a seeded random order across shards; the test split is the one a folder: run
 uses. --output_dir may be any path TensorFlow can write (gs://bucket/... included).
 
-Exit status: 0 written; 1 a bad flag value or a folder that cannot be read (nothing is
-written).
+Exit status: 0 written; 1 a bad flag value, a folder that cannot be read or an output
+directory that cannot be used (nothing is written).
 """
 
 from absl import app, flags
