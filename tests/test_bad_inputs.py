@@ -41,8 +41,23 @@ def _folder(root, counts, bad=()):
     return root
 
 
+@pytest.fixture(scope="module")
+def shard_sets(tmp_path_factory):
+    """Shards that the rows only read, written once: ``truncated`` (one shard cut inside its
+    last record) and ``incomplete`` (a numbered set without its second member)."""
+    made = tmp_path_factory.mktemp("shards")
+    to_shard = _folder(made / "to_shard", {"cat": 4, "dog": 4})
+    truncated, incomplete = made / "truncated", made / "incomplete"
+    data.write_tfrecords(f"folder:{to_shard}", str(truncated))
+    shard = next(truncated.glob("train-*.tfrecord"))
+    shard.write_bytes(shard.read_bytes()[:-100])
+    data.write_tfrecords(f"folder:{to_shard}", str(incomplete), shard_bytes=8000)
+    sorted(incomplete.glob("train-*.tfrecord"))[1].unlink()          # of 3 or more
+    return {"truncated": truncated, "incomplete": incomplete}
+
+
 @pytest.fixture
-def paths(tmp_path):
+def paths(tmp_path, shard_sets):
     made = tmp_path / "made"
     made.mkdir()
     corrupt = _folder(made / "corrupt", {"cat": 3, "dog": 3})
@@ -63,19 +78,11 @@ def paths(tmp_path):
     (looped / "cat" / "b.png").symlink_to(looped / "cat" / "a.png")
     broken_class = _folder(made / "broken_class", {"cat": 2, "dog": 2})
     (broken_class / "fish").symlink_to(made / "no_fish")
-    to_shard = _folder(made / "to_shard", {"cat": 4, "dog": 4})
-    truncated, incomplete = made / "truncated", made / "incomplete"
-    data.write_tfrecords(f"folder:{to_shard}", str(truncated))
-    shard = next(truncated.glob("train-*.tfrecord"))
-    shard.write_bytes(shard.read_bytes()[:-100])           # cut inside its last record
-    data.write_tfrecords(f"folder:{to_shard}", str(incomplete), shard_bytes=8000)
-    sorted(incomplete.glob("train-*.tfrecord"))[1].unlink()          # of 3 or more
     return {
+        **shard_sets,
         "dangling": dangling,
         "looped": looped,
         "broken_class": broken_class,
-        "truncated": truncated,
-        "incomplete": incomplete,
         "one_class": _folder(made / "one_class", {"cat": 2}),
         "empty_class": _folder(made / "empty_class", {"cat": 2, "dog": 2}),
         "corrupt": corrupt,
