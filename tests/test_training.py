@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmagic import data
+from tfmagic import data, rundir
 from tfmagic.recipe import Recipe
 from tfmagic.training import RunExistsError, build_schedules, train
 
@@ -161,9 +161,15 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path):
     recipe = Recipe(epochs=3, warmup_epochs=0.5, weight_decay_schedule="linear",
                     weight_decay=1e-4, weight_decay_end=7e-4, output_dir=str(tmp_path / "run"),
                     **{**QUICK, "train_subset": 1000})
+    out = tmp_path / "run"
+    # This run replaces an older one: what a kill of an overwrite=True run leaves is the old run
+    # set aside in .replaced/, to be deleted when the run that follows finishes.
+    out.mkdir()
+    (out / "result.json").write_text('{"status": "completed"}\n')
+    rundir.set_aside(str(out))
     with pytest.raises(_Crash):
         train(recipe, verbose=0, callbacks=[_CrashAfterEpoch(1)])
-    out = tmp_path / "run"
+    assert (out / ".replaced" / "result.json").exists()
     assert not (out / "result.json").exists()
     assert [int(r["epoch"]) for r in _history(out)] == [0, 1]
 
@@ -185,6 +191,7 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path):
     assert result.test_accuracy > 0.3         # 3 epochs of 900 images: far above chance (0.1)
     logged = [float(r["weight_decay"]) for r in _history(out)]
     np.testing.assert_allclose(logged, [3e-4, 5e-4, 7e-4], rtol=1e-4)
+    assert not (out / ".replaced").exists()
     assert not (out / "backup").exists()
 
 

@@ -236,8 +236,9 @@ def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, replac
         if replace:
             rundir.put_back(out)
         raise
-    if replace:
-        shutil.rmtree(os.path.join(out, REPLACED_DIR), ignore_errors=True)
+    # The run it replaced goes now: set aside by this call, or by an earlier `overwrite` run
+    # that was killed and which this call resumed to its end.
+    shutil.rmtree(os.path.join(out, REPLACED_DIR), ignore_errors=True)
     return result
 
 
