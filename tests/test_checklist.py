@@ -247,7 +247,7 @@ def test_kill_9_then_the_same_command_continues(tmp_path):
 BAD_FLAGS = [
     (["--trials=lr_gamma,lr_onecycle"], "trials=lr_onecycle is not allowed"),
     (["--seeds=three"], "--seeds=three is not allowed: 'auto' or an integer >= 1"),
-    (["--seeds=0"], "seeds=0 is not allowed: 'auto' or an integer >= 1"),
+    (["--seeds=0"], "--seeds=0 is not allowed: 'auto' or an integer >= 1"),
     (["--max_seeds=1"], "max_seeds"),
 ]
 

@@ -63,11 +63,14 @@ flags.DEFINE_bool("report_only", False, "Build the report from the run directori
 def _seeds(text: str) -> int | str:
     if text.strip() == runner.AUTO:
         return runner.AUTO
+    refused = app.UsageError(f"--seeds={text} is not allowed: 'auto' or an integer >= 1")
     try:
-        return int(text)
+        seeds = int(text)
     except ValueError:
-        raise app.UsageError(f"--seeds={text} is not allowed: 'auto' or an integer >= 1"
-                             ) from None
+        raise refused from None
+    if seeds < 1:
+        raise refused
+    return seeds
 
 
 def main(argv: list[str]) -> int:
