@@ -12,6 +12,7 @@ import pytest
 from absl import app, flags
 from test_recipe import BAD_VALUES
 
+from tfmagic.cli import parse_flags
 from tfmagic.cli import train as cli
 from tfmagic.recipe import fields
 
@@ -57,6 +58,23 @@ def test_binary_bad_value_exit_code_and_message(tmp_path):
     assert proc.returncode == 1
     assert "--lr=-0.5: must be > 0" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_flag_in_a_flagfile_is_named_with_the_file(tmp_path, capsys):
+    inner = tmp_path / "inner.cfg"
+    inner.write_text("--epochs=3\n--bogus_flag=1\n")
+    outer = tmp_path / "outer.cfg"
+    outer.write_text(f"--lr=0.1\n--flagfile={inner}\n")
+    for argv, words in [([f"--flagfile={outer}"], f"'bogus_flag' (in --flagfile={inner})"),
+                        (["--bogus_flag=1"], "Unknown command line flag 'bogus_flag'\n")]:
+        flags.FLAGS.unparse_flags()
+        with pytest.raises(SystemExit) as caught:
+            parse_flags(["tfmagic-train", *argv])
+        flags.FLAGS.unparse_flags()
+        assert caught.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("FATAL Flags parsing error: Unknown command line flag")
+        assert words in err and "--helpshort" in err
 
 
 def test_helpfull_documents_every_flag(capsys, monkeypatch):

@@ -24,7 +24,7 @@ from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
 from tfmagic.checklist import runner, stats, trials
-from tfmagic.cli import recipe_from_flags
+from tfmagic.cli import parse_flags, recipe_from_flags
 from tfmagic.exit_codes import EXIT_OK, EXIT_OUTPUT_DIR, EXIT_RUNS_FAILED
 
 FLAGS = flags.FLAGS
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ directory that cannot be used (nothing is written).
 
 from absl import app, flags
 
+from tfmagic.cli import parse_flags
 from tfmagic.exit_codes import EXIT_OK
 
 FLAGS = flags.FLAGS
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
-from tfmagic.cli import recipe_from_flags, usage_error
+from tfmagic.cli import parse_flags, recipe_from_flags, usage_error
 from tfmagic.exit_codes import EXIT_DIVERGED, EXIT_NO_WEIGHTS, EXIT_OK, EXIT_OUTPUT_DIR
 
 FLAGS = flags.FLAGS
@@ -105,7 +105,7 @@ def _preview_augment(recipe) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
