@@ -757,7 +757,8 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
         raise DataError(f"dataset must be a folder:PATH to write as TFRecords, got {dataset!r}")
     _check_int("shard_bytes", shard_bytes, 1)
     _check_int("seed", seed, 0)
-    if "://" not in output_dir:          # a local path: checked before the folder is read
+    local = "://" not in output_dir       # gs://... and other file systems of tf.io.gfile
+    if local:                            # checked before the folder is read
         problem = writable_problem(output_dir)
         if problem:
             raise DataError(f"output_dir={output_dir!r} cannot be used: {problem}")
@@ -769,8 +770,7 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
     order = rng.permutation(len(folder.y_train))
     splits = {"train": [(folder.x_train[i], int(folder.y_train[i])) for i in order],
               "test": list(zip(folder.x_test, folder.y_test.tolist(), strict=True))}
-    local = "://" not in output_dir
-    if local:                # written beside it, renamed to it when whole
+    if local:                            # written beside it, renamed to it when whole
         target = os.path.abspath(output_dir)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         staging = os.path.join(os.path.dirname(target),
