@@ -13,7 +13,7 @@ import pytest
 from absl import app, flags
 from PIL import Image
 
-from tfmagic import data
+from tfmagic import data, rundir
 from tfmagic.cli import train as cli
 
 NOTES = pathlib.Path(__file__).parent.parent / "BUILD_NOTES.md"
@@ -78,18 +78,23 @@ def paths(tmp_path, shard_sets):
     (looped / "cat" / "b.png").symlink_to(looped / "cat" / "a.png")
     broken_class = _folder(made / "broken_class", {"cat": 2, "dog": 2})
     (broken_class / "fish").symlink_to(made / "no_fish")
-    return {
-        **shard_sets,
-        "dangling": dangling,
-        "looped": looped,
-        "broken_class": broken_class,
-        "one_class": _folder(made / "one_class", {"cat": 2}),
-        "empty_class": _folder(made / "empty_class", {"cat": 2, "dog": 2}),
-        "corrupt": corrupt,
-        "a_file": made / "a_file",
-        "edited": made / "edited",
-        "finished": made / "finished",
-    }
+    # In use: its lock is held, as a run writing it holds it (flock: a second open of the lock
+    # file, in this process too, is refused).
+    in_use = made / "in_use"
+    with rundir.exclusive(str(in_use), RuntimeError):
+        yield {
+            **shard_sets,
+            "in_use": in_use,
+            "dangling": dangling,
+            "looped": looped,
+            "broken_class": broken_class,
+            "one_class": _folder(made / "one_class", {"cat": 2}),
+            "empty_class": _folder(made / "empty_class", {"cat": 2, "dog": 2}),
+            "corrupt": corrupt,
+            "a_file": made / "a_file",
+            "edited": made / "edited",
+            "finished": made / "finished",
+        }
 
 
 @pytest.mark.parametrize("arguments,code,message", _rows())

@@ -1,5 +1,6 @@
 """tfmagic-train: flags, usage errors that create nothing, help, re-runs of a finished run."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,9 @@ from test_recipe import BAD_VALUES
 
 from tfmagic.cli import parse_flags
 from tfmagic.cli import train as cli
-from tfmagic.recipe import fields
+from tfmagic.recipe import Recipe, fields
+from tfmagic.rundir import OutputDirError
+from tfmagic.training import train
 
 # Module fixtures (real runs) are shared by several tests: they run in one test process.
 pytestmark = pytest.mark.xdist_group("cli")
@@ -114,12 +117,21 @@ def killed_then_resumed(tmp_path_factory):
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no epoch finished in time"
             time.sleep(0.05)
+        # The same run started again while the first one writes its directory.
+        try:
+            train(dataclasses.replace(Recipe.from_flagfile(str(flagfile)),
+                                      output_dir=str(tmp / "run")), verbose=0)
+            refused = None
+        except OutputDirError as error:
+            refused = str(error)
         time.sleep(0.5)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=60)
     killed = {"result_exists": (tmp / "run" / "result.json").exists(),
-              "finished": len(history.read_text().splitlines()) - 1}
+              "finished": len(history.read_text().splitlines()) - 1,
+              "pid": process.pid, "refused": refused,
+              "lock": (tmp / "run" / ".lock").read_text()}
     again = _run_binary(f"--flagfile={flagfile}", cwd=tmp)
     result_file = tmp / "run" / "result.json"
     return {"dir": tmp, "flagfile": flagfile, "killed": killed, "again": again,
@@ -140,6 +152,20 @@ def test_binary_killed_with_sigkill_resumes_from_its_last_epoch(killed_then_resu
     assert result["epochs_run"] == 4
     epochs = [line.split(",")[0] for line in run["history"].splitlines()[1:]]
     assert epochs == ["0", "1", "2", "3"]
+
+
+def test_a_run_directory_is_locked_while_written_and_a_killed_runs_lock_is_taken_over(
+        killed_then_resumed):
+    killed = killed_then_resumed["killed"]
+    run = killed_then_resumed["dir"] / "run"
+    assert killed["refused"] == (
+        f"output_dir={str(run)!r} is in use by another run (process {killed['pid']}); wait for "
+        "it to end, or choose another output_dir")
+    # The killed run's lock file stayed, with its pid; the run started again took it over,
+    # finished, and removed it.
+    assert killed["lock"] == f"{killed['pid']}\n"
+    assert killed_then_resumed["again"].returncode == 0
+    assert not (run / ".lock").exists()
 
 
 def test_binary_trains_then_refuses_a_finished_run(killed_then_resumed, tmp_path, capsys,

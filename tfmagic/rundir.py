@@ -15,8 +15,9 @@ A checklist (`tfmagic.checklist.runner`) writes into its directory OUT::
                                    with failure.json when the run failed or was skipped
     report.md, summary.csv, report.png, curves.png, best.cfg     (tfmagic.checklist.report)
 
-Besides the names, this module holds what a new run may do with an existing output directory
-(`check_output_dir`, `set_aside`, `put_back`), the repair of a history.csv after a kill, and
+Besides the names, this module holds the lock of a directory being written (`exclusive`),
+what a new run may do with an existing output directory (`lock_output_dir`,
+`check_output_dir`, `set_aside`, `put_back`), the repair of a history.csv after a kill, and
 the reading of a run's state (`read_run`, `run_outcome`) and of a checklist's plan.json
 (`read_plan`). `read_run` gives each run directory one state: "done", "failed", "skipped",
 "pending", or "unreadable" when its result.json or failure.json is not what train() or the
@@ -26,8 +27,10 @@ without numeric test_accuracy and wall_time_s, ...).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -53,6 +56,8 @@ AUGMENT_PREVIEW = "augment_preview.png"          # tfmagic-train --preview_augme
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tensorboard"
 REPLACED_DIR = ".replaced"
+# Held by the process writing a run's (or a checklist's) directory, with its pid (`exclusive`).
+LOCK_FILE = ".lock"
 # The result first: a directory without it is never taken for a finished run.
 _RUN_FILES = (RESULT_FILE, HISTORY_FILE, MODEL_FILE, RECIPE_FILE, SCHEDULES_PLOT, BACKUP_DIR,
               TENSORBOARD_DIR)
@@ -64,7 +69,6 @@ BASELINE_CFG = "baseline.cfg"
 TRIALS_DIR = "trials"
 COMMANDS_DIR = "commands"
 LOGS_DIR = "logs"
-LOCK_FILE = ".lock"
 FAILURE_FILE = "failure.json"
 REPORT_MD = "report.md"
 SUMMARY_CSV = "summary.csv"
@@ -131,15 +135,68 @@ class RunExistsError(OutputDirError):
     """The output directory holds a run that this call must not continue or replace."""
 
 
-def check_output_dir(recipe: Recipe, overwrite: bool) -> bool:
-    """Refuse an output directory that cannot be written, or one whose run this call must
-    not touch; allow a resume. Returns whether a run there is to be replaced (`overwrite`)."""
-    out = recipe.output_dir
+@contextlib.contextmanager
+def exclusive(directory: str, refuse: Callable[[str], Exception]):
+    """Hold the lock file `directory/.lock` while the block runs; `directory` is created if
+    need be, and removed again at the end if it was created here and is still empty.
+
+    The lock is the operating system's (``flock``): it is released when its holder ends in any
+    way, so the lock file of a killed process is taken over without a word. The file holds
+    its holder's pid, and goes when the block ends. When another process holds the lock,
+    ``refuse("process <pid>")`` is raised.
+    """
+    created = not os.path.isdir(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK_FILE)
+    try:
+        descriptor = _take_lock(path, refuse)
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.remove(path)
+            os.close(descriptor)
+    finally:
+        if created and not os.listdir(directory):
+            os.rmdir(directory)
+
+
+def _take_lock(path: str, refuse: Callable[[str], Exception]) -> int:
+    """A descriptor of the lock file at `path`, locked. Taken again when the file was removed
+    by the holder that just let it go: a lock on a removed file keeps nobody out."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            os.close(descriptor)
+            raise refuse(f"process {holder}" if holder.isdigit() else "another process") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return descriptor
+        os.close(descriptor)
+
+
+def lock_output_dir(out: str):
+    """`exclusive` use of train()'s output directory `out`, for the whole run: an
+    OutputDirError when it cannot be written to, or when another run is writing it."""
     problem = writable_problem(out)
     if problem:
         raise OutputDirError(f"output_dir={out!r} cannot be used: {problem}")
-    if not os.path.isdir(out):
-        return False
+    return exclusive(out, lambda holder: OutputDirError(
+        f"output_dir={out!r} is in use by another run ({holder}); wait for it to end, or "
+        "choose another output_dir"))
+
+
+def check_output_dir(recipe: Recipe, overwrite: bool) -> bool:
+    """Refuse an output directory whose run this call must not touch; allow a resume.
+    Returns whether a run there is to be replaced (`overwrite`)."""
+    out = recipe.output_dir
     conflict = None
     recipe_file = os.path.join(out, RECIPE_FILE)
     if os.path.exists(os.path.join(out, RESULT_FILE)):

@@ -28,6 +28,7 @@ overwritten unless `overwrite=True`. A run whose loss becomes NaN or infinite st
 ends with `"status": "diverged"` in result.json instead of raising.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -144,7 +145,8 @@ def train(
 
     Raises:
         OutputDirError: `output_dir` cannot be created or written to (checked before
-            anything is loaded).
+            anything is loaded), or another run is writing it (the run holds the lock file
+            `output_dir/.lock`, with its pid, until it ends).
         RunExistsError: `output_dir` holds a finished run, or an unfinished run of a
             different recipe (or a recipe.cfg that cannot be read), and `overwrite` is False.
         RecipeError, data.DataError: the recipe does not fit the data.
@@ -159,18 +161,19 @@ def train(
     """
     started = time.perf_counter()
     chief = distribute.is_chief()
-    replace = rundir.check_output_dir(recipe, overwrite) if chief else False
-    verbosity = _verbosity(verbose)
-    strategy = distribute.make_strategy(recipe.strategy)
-    if verbosity:
-        print(f"tfmagic: {recipe.model} on {recipe.dataset}, "
-              f"{distribute.describe_devices(strategy)}", flush=True)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(recipe.precision)
-    try:
-        return _train(recipe, strategy, chief, replace, started, verbosity, callbacks)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+    with rundir.lock_output_dir(recipe.output_dir) if chief else contextlib.nullcontext():
+        replace = rundir.check_output_dir(recipe, overwrite) if chief else False
+        verbosity = _verbosity(verbose)
+        strategy = distribute.make_strategy(recipe.strategy)
+        if verbosity:
+            print(f"tfmagic: {recipe.model} on {recipe.dataset}, "
+                  f"{distribute.describe_devices(strategy)}", flush=True)
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(recipe.precision)
+        try:
+            return _train(recipe, strategy, chief, replace, started, verbosity, callbacks)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _train(recipe: Recipe, strategy: tf.distribute.Strategy, chief: bool, replace: bool,

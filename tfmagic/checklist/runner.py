@@ -38,9 +38,7 @@ every node sees.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import math
 import os
 import subprocess
@@ -76,7 +74,6 @@ from tfmagic.recipe import Recipe
 from tfmagic.rundir import (
     BASELINE_CFG,
     COMMANDS_DIR,
-    LOCK_FILE,
     LOGS_DIR,
     PLAN_FILE,
     REPORT_MD,
@@ -416,15 +413,10 @@ def _confirm_trials(baseline: Recipe, out: str, live: _Progress) -> list[Trial]:
     return trials
 
 
-@contextlib.contextmanager
 def _exclusive(out: str):
-    """Hold an exclusive lock on ``out`` (released by the OS if this process dies)."""
-    with open(os.path.join(out, LOCK_FILE), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ChecklistError(f"out_dir={out!r} is in use by another checklist runner") from None
-        yield
+    """Hold the lock of ``out`` (released by the OS if this process dies)."""
+    return rundir.exclusive(out, lambda holder: ChecklistError(
+        f"out_dir={out!r} is in use by another checklist runner ({holder})"))
 
 
 # --------------------------------------------------------------------------------- execution
