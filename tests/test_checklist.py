@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import pytest
+from test_checklist_report import make_checklist
 
 from tfmagic.checklist import report, runner
 from tfmagic.checklist.trials import (
@@ -283,6 +284,13 @@ def checklist_cli(tmp_path_factory):
             for i, (flags, _) in enumerate(BAD_FLAGS)}
     runs["print_commands"] = (["--epochs=2", f"--out={tmp / 'printed'}",
                                "--validation_fraction=0", "--print_commands"], tmp / "printed")
+    incomplete = tmp / "incomplete"
+    make_checklist(incomplete, 2, [("baseline", "baseline", {}, [0.80, None]),
+                                   ("mixup", "regularization", {"mixup_alpha": 0.2},
+                                    [0.82, 0.83])])
+    runs["report_only"] = ([f"--out={incomplete}", "--report_only"], incomplete)
+    runs["best_from_incomplete"] = ([f"--out={incomplete}", "--report_only",
+                                     "--best_from_incomplete"], incomplete)
     binary_out = tmp / "binary"
     binary = _cli("--seeds=three", f"--out={binary_out}")
     driver = subprocess.run(
@@ -313,6 +321,19 @@ def test_the_binary_exits_1_on_a_bad_flag_and_creates_nothing(checklist_cli):
     assert code == 1
     assert "--seeds=three is not allowed: 'auto' or an integer >= 1" in output
     assert not out.exists()
+
+
+def test_report_only_with_missing_runs_says_so_and_writes_best_cfg_only_when_asked(
+        checklist_cli):
+    note = ("tfmagic-checklist: incomplete: 1 of 4 planned runs have no result (baseline 1 of "
+            "2); the verdicts rest on the seeds that finished; best.cfg ")
+    code, stdout, stderr, out = checklist_cli["report_only"]
+    assert (code, stdout, stderr) == (
+        0, f"report -> {out / 'report.md'}\n",
+        note + "not written (--best_from_incomplete writes it)\n")
+    code, stdout, stderr, out = checklist_cli["best_from_incomplete"]
+    assert (code, stderr) == (0, note + "written all the same\n")
+    assert Recipe.from_flagfile(out / "best.cfg").mixup_alpha == 0.2
 
 
 def test_print_commands_writes_flagfiles_that_match_the_trials(checklist_cli):

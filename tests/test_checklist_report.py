@@ -302,7 +302,8 @@ def _umask():
 
 def test_report_files(checklist):
     out, baseline = checklist
-    report = write_report(out, total_time_s=3660.0)
+    # crop_rrc and no_smoothing have pending seeds: best.cfg is written on request only.
+    report = write_report(out, total_time_s=3660.0, best_from_incomplete=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["plan.json", "baseline.cfg", "trials", "report.md", "summary.csv", "report.png",
          "curves.png", "best.cfg"])                      # no temporary files left behind
@@ -415,6 +416,42 @@ def test_report_files(checklist):
     assert "- `lr_gamma` (+5.00 points): lr_schedule=gamma" in markdown
 
 
+def test_a_report_with_missing_runs_says_so_and_leaves_best_cfg_alone(tmp_path):
+    out = tmp_path / "out"
+    make_checklist(out, 2, [
+        ("baseline", "baseline", {}, [0.80, 0.81]),
+        ("mixup", "regularization", {"mixup_alpha": 0.2}, [0.80, 0.815]),
+        ("cutout", "regularization", {"cutout": 0.25}, [0.79, 0.80]),
+    ])
+    complete = write_report(out)
+    assert complete.incomplete is None
+    assert complete.best_trials == [] and complete.best_cfg == str(out / "best.cfg")
+    assert "Incomplete" not in (out / "report.md").read_text()
+    best_cfg = out / "best.cfg"
+    written = (best_cfg.read_bytes(), best_cfg.stat().st_mtime_ns)
+
+    # One of the baseline's two seeds loses its result: its mean then rests on 0.80 alone,
+    # and mixup (+1.05 points on one baseline seed) would be merged.
+    (out / "trials" / "baseline" / "seed1" / "result.json").unlink()
+    partial = write_report(out)
+    note = ("incomplete: 1 of 6 planned runs have no result (baseline 1 of 2); the verdicts "
+            "rest on the seeds that finished")
+    assert partial.incomplete == note
+    assert partial.best_cfg is None and "best.cfg" not in " ".join(partial.paths)
+    assert (best_cfg.read_bytes(), best_cfg.stat().st_mtime_ns) == written
+    markdown = (out / "report.md").read_text()
+    assert (f"**I{note[1:]}.** `best.cfg` was not written from them: run the checklist again "
+            "to train the missing runs") in markdown.split("## Results")[0]
+    assert "Not written, as some planned runs have no result (see the top). On the seeds " \
+           "that finished it would merge: `mixup`." in markdown
+    assert runner._verdicts_line(partial).endswith(f"{note}: best.cfg not written")
+
+    forced = write_report(out, best_from_incomplete=True)
+    assert forced.best_cfg == str(best_cfg) and forced.best_trials == ["mixup"]
+    assert Recipe.from_flagfile(best_cfg).mixup_alpha == 0.2
+    assert "`best.cfg` was written from them all the same" in (out / "report.md").read_text()
+
+
 def test_confirm_section(checklist):
     out, _ = checklist
     write_report(out)
@@ -502,7 +539,13 @@ def test_report_before_anything_finished(tmp_path):
         ("lr_gamma", "lr", {"lr_schedule": "gamma"}, [None, None]),
     ])
     report = write_report(out)
-    assert report.best_trials == []
+    assert report.best_trials == [] and report.best_cfg is None
+    assert not (out / "best.cfg").exists()
+    markdown = (out / "report.md").read_text()
+    assert "**Incomplete: 4 of 4 planned runs have no result (baseline 2 of 2, lr_gamma 2 of " \
+           "2)" in markdown
+    assert "On the seeds that finished it would merge: nothing." in markdown
+    report = write_report(out, best_from_incomplete=True)
     assert Recipe.from_flagfile(out / "best.cfg") == dataclasses.replace(
         baseline, output_dir=str(out / "best"))
     markdown = (out / "report.md").read_text()

@@ -129,24 +129,37 @@ class Report:
     summary_csv: str
     report_png: str
     curves_png: str
-    best_cfg: str
+    best_cfg: str | None
     summaries: list[TrialSummary]
     best_trials: list[str]
 
     @property
     def paths(self) -> tuple[str, ...]:
         """Every file written."""
-        return (self.report_md, self.summary_csv, self.report_png, self.curves_png,
-                self.best_cfg)
+        return tuple(path for path in (self.report_md, self.summary_csv, self.report_png,
+                                       self.curves_png, self.best_cfg) if path is not None)
+
+    @property
+    def incomplete(self) -> str | None:
+        """What is missing when some planned runs that best.cfg rests on have no result yet
+        (pending, running, or their result.json gone), in one sentence; None otherwise."""
+        return _incomplete(self.summaries)
 
 
-def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = None) -> Report:
+def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = None,
+                 best_from_incomplete: bool = False) -> Report:
     """Write report.md, summary.csv, report.png, curves.png and best.cfg into out_dir.
+
+    A report of a checklist whose planned runs have not all got a result (`Report.incomplete`
+    says which) says so at its top, and leaves best.cfg as it was: a best.cfg chosen on fewer
+    seeds than planned can keep a trick that the missing seeds would reject.
 
     Args:
         out_dir: a checklist output directory (holding plan.json).
         total_time_s: elapsed time of the whole checklist, reported next to the sum of the
             runs' wall times; None when unknown.
+        best_from_incomplete: write best.cfg from the finished seeds even when some planned
+            runs have no result.
     """
     out_dir = os.fspath(out_dir)
     check(total_time_s is None or (is_number(total_time_s) and total_time_s >= 0),
@@ -154,22 +167,35 @@ def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = Non
     plan = rundir.read_plan(out_dir)
     summaries = summarize(out_dir, plan)
     best = merge_best(summaries, plan.baseline, out_dir)
+    write_best = best_from_incomplete or _incomplete(summaries) is None
     report = Report(
         report_md=os.path.join(out_dir, REPORT_MD),
         summary_csv=os.path.join(out_dir, SUMMARY_CSV),
         report_png=os.path.join(out_dir, REPORT_PNG),
         curves_png=os.path.join(out_dir, CURVES_PNG),
-        best_cfg=os.path.join(out_dir, BEST_CFG),
+        best_cfg=os.path.join(out_dir, BEST_CFG) if write_best else None,
         summaries=summaries,
         best_trials=best.merged,
     )
-    best.recipe.to_flagfile(report.best_cfg)
+    if report.best_cfg is not None:
+        best.recipe.to_flagfile(report.best_cfg)
     write_atomic(report.summary_csv, _summary_csv(summaries, plan.min_effect))
     save_figure(_delta_chart(summaries, plan.min_effect), report.report_png)
     save_figure(_curves_chart(summaries), report.curves_png)
     write_atomic(report.report_md,
-                 _markdown(out_dir, plan, summaries, best, total_time_s))
+                 _markdown(out_dir, plan, summaries, best, total_time_s, write_best))
     return report
+
+
+def _incomplete(summaries: Sequence[TrialSummary]) -> str | None:
+    missing = [s for s in summaries if s.seeds_pending and s.group != CONFIRM_GROUP]
+    if not missing:
+        return None
+    planned = sum(s.seeds_planned for s in summaries if s.group != CONFIRM_GROUP)
+    runs = sum(s.seeds_pending for s in missing)
+    which = ", ".join(f"{s.name} {s.seeds_pending} of {s.seeds_planned}" for s in missing)
+    return (f"incomplete: {runs} of {planned} planned runs have no result ({which}); the "
+            "verdicts rest on the seeds that finished")
 
 
 def _ranked(summaries: Sequence[TrialSummary]) -> list[TrialSummary]:
@@ -313,7 +339,7 @@ def _seeds_sentence(plan: rundir.Plan, summaries: list[TrialSummary]) -> str:
 
 
 def _markdown(out_dir: str, plan: rundir.Plan, summaries: list[TrialSummary], best: Best,
-              total_time_s: float | None) -> str:
+              total_time_s: float | None, best_written: bool) -> str:
     baseline = plan.baseline
     min_effect = plan.min_effect
     counts = {status: sum(s.status == status for s in summaries) for status in STATUSES}
@@ -332,6 +358,7 @@ def _markdown(out_dir: str, plan: rundir.Plan, summaries: list[TrialSummary], be
         "</details>",
         "",
         *[f"**{note}**\n" for note in plan.notes],
+        *_incomplete_lines(summaries, best_written),
         f"{_seeds_sentence(plan, summaries)}; {len(summaries)} trials: "
         + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ".",
         "",
@@ -360,7 +387,7 @@ def _markdown(out_dir: str, plan: rundir.Plan, summaries: list[TrialSummary], be
          "seeds (trial vs baseline)", "p (Holm)", "verdict", "test accuracy (%)",
          "time per seed"],
     )
-    lines += [""] + _problems(summaries) + _best_section(best, summaries)
+    lines += [""] + _problems(summaries) + _best_section(best, summaries, best_written)
     confirm = [s for s in summaries if s.group == CONFIRM_GROUP]
     if confirm:
         lines += _confirm_section(confirm, summaries, min_effect)
@@ -427,9 +454,25 @@ def _problems(summaries: list[TrialSummary]) -> list[str]:
     return lines
 
 
-def _best_section(best: Best, summaries: list[TrialSummary]) -> list[str]:
+def _incomplete_lines(summaries: list[TrialSummary], best_written: bool) -> list[str]:
+    note = _incomplete(summaries)
+    if note is None:
+        return []
+    then = (f"`{BEST_CFG}` was written from them all the same (`--best_from_incomplete`)."
+            if best_written else
+            f"`{BEST_CFG}` was not written from them: run the checklist again to train the "
+            "missing runs (finished runs are kept), or pass `--best_from_incomplete`.")
+    return [f"**{note[0].upper()}{note[1:]}.** {then}", ""]
+
+
+def _best_section(best: Best, summaries: list[TrialSummary], written: bool) -> list[str]:
     lines = ["## best.cfg", ""]
     by_name = {s.name: s for s in summaries}
+    if not written:
+        lines += [f"Not written, as some planned runs have no result (see the top). On the "
+                  f"seeds that finished it would merge: "
+                  f"{', '.join(f'`{name}`' for name in best.merged) or 'nothing'}.", ""]
+        return lines
     if best.merged:
         lines += [f"`{BEST_CFG}` is the baseline plus the best \"better\" trial of each group "
                   "(output_dir `" + best.recipe.output_dir + "`):", ""]

@@ -326,6 +326,8 @@ def _verdicts_line(report: report_lib.Report) -> str:
     labels = [s.verdict.label for s in report.summaries
               if s.verdict is not None and s.group != CONFIRM_GROUP]
     counts = ", ".join(f"{labels.count(label)} {label}" for label in stats.LABELS)
+    if report.best_cfg is None:
+        return f"on validation: {counts}; {report.incomplete}: best.cfg not written"
     merged = ", ".join(report.best_trials) or "nothing (no trial was judged better)"
     return f"on validation: {counts}; best.cfg merges {merged}"
 

@@ -58,6 +58,8 @@ flags.DEFINE_bool("print_commands", False, "Write the flagfiles and print one tf
                   "command per run (for SLURM or Kubernetes job arrays), without running.")
 flags.DEFINE_bool("report_only", False, "Build the report from the run directories that exist "
                   "in --out, without running anything.")
+flags.DEFINE_bool("best_from_incomplete", False, "With --report_only: write best.cfg even when "
+                  "some planned runs have no result (by default it is left as it was).")
 
 
 def _seeds(text: str) -> int | str:
@@ -82,7 +84,12 @@ def main(argv: list[str]) -> int:
     seeds = _seeds(FLAGS.seeds)
     try:
         if FLAGS.report_only:
-            print(f"report -> {report.write_report(out).report_md}")
+            written = report.write_report(out, best_from_incomplete=FLAGS.best_from_incomplete)
+            print(f"report -> {written.report_md}")
+            if written.incomplete:
+                print(f"tfmagic-checklist: {written.incomplete}; best.cfg "
+                      + ("written all the same" if written.best_cfg else
+                         "not written (--best_from_incomplete writes it)"), file=sys.stderr)
             return EXIT_OK
         runner.check_seeds(seeds, FLAGS.min_effect / 100, FLAGS.max_seeds)
         if FLAGS.print_commands:
