@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from photos import batches, resumed_epochs
 from PIL import Image
 
 from tfmagic import data
@@ -29,6 +30,53 @@ def test_nothing_to_do_gives_no_hook():
     recipe = Recipe(augment="none", crop_scheme="none")
     assert pipeline.build_train_augment(recipe) is None
     assert pipeline.build_eval_transform(recipe) is None
+
+
+@pytest.fixture(scope="module")
+def small_sources(tmp_path_factory):
+    """Two 12-image classes of 40x40 noise with a bright square where the class says, as a
+    folder and as shards."""
+    root = tmp_path_factory.mktemp("augment_sources")
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        (root / "folder" / f"c{label}").mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+            pixels[label * 20:label * 20 + 20, 10:30] = 250
+            Image.fromarray(pixels).save(root / "folder" / f"c{label}" / f"{i}.png")
+    data.write_tfrecords(f"folder:{root / 'folder'}", str(root / "shards"))
+    return {"memory": (f"folder:{root / 'folder'}", "memory"),
+            "streamed": (f"folder:{root / 'folder'}", "none"),
+            "records": (f"tfrecord:{root / 'shards'}", "none")}
+
+
+@pytest.mark.parametrize("source", ["memory", "streamed", "records"])
+def test_every_augmentation_follows_from_the_seed_and_the_batch(small_sources, source):
+    """AutoAugment, the crop, Cutout and the mixing draw from the seed and the batch's place
+    in the data: two loads with one seed give the same epochs, the stream from epoch 1
+    repeats epoch 1 of the stream from epoch 0, and the epochs differ from each other."""
+    dataset, cache = small_sources[source]
+    recipe = Recipe(dataset=dataset, augment="autoaugment", crop_scheme="random_resized_crop",
+                    cutout=0.3, mixup_alpha=0.2, cutmix_alpha=1.0, seed=4)
+
+    def load():
+        return data.load(dataset, cache=cache, batch_size=6, image_size=32, seed=recipe.seed,
+                         validation_fraction=0.0, crop_scale=pipeline.CROP_SCALE,
+                         augment=pipeline.build_train_augment(recipe, resized_crop=False),
+                         one_hot=recipe.mixes_labels)
+
+    first, again = load(), load()
+    steps = -(-first.train_size // 6)
+    from_zero, _ = resumed_epochs(first, steps)
+    for (x, y), (x_again, y_again) in zip(from_zero, batches(again.train_from_epoch(0).take(
+            2 * steps)), strict=True):
+        np.testing.assert_array_equal(x, x_again)
+        np.testing.assert_array_equal(y, y_again)
+    assert not np.array_equal(from_zero[0][0], from_zero[steps][0])
+    assert (from_zero[0][1].max(-1) < 1).any()                   # labels mixed
+    one, two = batches(first.train), batches(first.train)        # a new draw at each pass
+    assert len(one) == steps and not np.array_equal(one[0][0], two[0][0])
+    np.testing.assert_array_equal(batches(again.train)[0][0], one[0][0])     # seeded
 
 
 @pytest.mark.parametrize("change", [

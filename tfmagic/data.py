@@ -50,6 +50,7 @@ import tensorflow as tf
 from tfmagic import records
 from tfmagic._atomic import writable_problem, write_atomic
 from tfmagic._checks import is_int, is_number
+from tfmagic.augment import seeding
 from tfmagic.augment.crops import center_crop, random_resized_crop, sample_boxes
 from tfmagic.records import decode, decoder_reason
 
@@ -933,16 +934,40 @@ def index_batch_stream(count: int, batch_size: int, seed: int,
     return batches
 
 
+def _augment_key(base: tf.Tensor, number: tf.Tensor, worker: int) -> tf.Tensor:
+    """The key of a training batch's augmentation (`seeding.batch_key`): from its stream's
+    base key, the batch's number in the stream and the worker whose part it is."""
+    fold = tf.random.experimental.stateless_fold_in
+    return fold(fold(base, number), -1 - worker)
+
+
+def _base_key(seed: int, stream=0) -> tf.Tensor:
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(stream, tf.int64)])
+
+
+def _streams(seed: int, fresh: bool) -> tf.data.Dataset:
+    """Stream numbers to zip with a split's batches, for their keys: with ``fresh`` a seeded
+    random number per batch, drawn anew at each iteration (``batches(None)`` of a training
+    split augments every pass afresh), otherwise 0 for every batch."""
+    if fresh:
+        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+
+
 def _epochs(count: int, batch_size: int, seed: int, train: bool,
             prepare: Callable) -> Callable[..., tf.data.Dataset]:
-    """``batches(first_epoch, worker, workers)``: batches of ``prepare(indices)``, the
-    indices batched as `index_batch_stream` gives them."""
+    """``batches(first_epoch, worker, workers)``: batches of ``prepare(key, indices)``, the
+    indices batched as `index_batch_stream` gives them, ``key`` the batch's augmentation key
+    (`_augment_key`)."""
     indices = index_batch_stream(count, batch_size, seed, train)
 
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:
-        dataset = indices(first_epoch, worker, workers).map(
-            lambda number, positions, batch: prepare(batch),
+        numbered = tf.data.Dataset.zip(indices(first_epoch, worker, workers),
+                                       _streams(seed, first_epoch is None and train))
+        dataset = numbered.map(
+            lambda batch, stream: prepare(
+                _augment_key(_base_key(seed, stream), batch[0], worker), batch[2]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
 
@@ -956,19 +981,21 @@ def _in_order(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def _finish(x, y, *, train: bool, augment: Callable | None, eval_transform: Callable | None,
-            one_hot: int | None, preprocess: Callable | None, mean: tuple[float, ...],
-            std: tuple[float, ...]):
+def _finish(x, y, *, key: tf.Tensor | None, train: bool, augment: Callable | None,
+            eval_transform: Callable | None, one_hot: int | None, preprocess: Callable | None,
+            mean: tuple[float, ...], std: tuple[float, ...]):
     """A batch of 0..255 images after cropping, made float32: labels one-hot when asked, the
-    augmentation (training) or evaluation transform, then preprocessing or normalization.
-    An augmentation with ``accepts_uint8`` gets uint8 batches as they come (AutoAugment's
-    operations are cheaper on them), any other float32."""
+    augmentation (training, its draws from ``key``: see `seeding.batch_key`) or evaluation
+    transform, then preprocessing or normalization. An augmentation with ``accepts_uint8``
+    gets uint8 batches as they come (AutoAugment's operations are cheaper on them), any
+    other float32."""
     if one_hot:
         y = tf.one_hot(y, one_hot, dtype=tf.float32)
     if train and augment is not None:
         if x.dtype != tf.uint8 or not getattr(augment, "accepts_uint8", False):
             x = tf.cast(x, tf.float32)
-        x, y = augment(x, y)
+        with seeding.batch_key(key):
+            x, y = augment(x, y)
     x = tf.cast(x, tf.float32)
     if not train and eval_transform is not None:
         x = tf.cast(eval_transform(x), tf.float32)
@@ -998,17 +1025,18 @@ def _pipeline(
     images_t, labels_t = tf.constant(images), tf.constant(labels)
     view = center_crop(crop_fraction) if crop_fraction < 1 else None
 
-    def prepare(indices):
+    def prepare(key, indices):
         x = tf.cast(tf.gather(images_t, indices), tf.float32)
         if tile:
             x = tf.tile(x, [1, 1, 1, channels])
         if resize:
             x = tf.image.resize(x, size, method="bilinear")
         if train and crop is not None:
-            x = crop(x)
+            with seeding.batch_key(key):
+                x = crop(x)
         if not train and view is not None:
             x = view(x)
-        return _finish(x, tf.gather(labels_t, indices), train=train, **finish)
+        return _finish(x, tf.gather(labels_t, indices), key=key, train=train, **finish)
 
     return _epochs(len(labels), batch_size, seed, train, prepare)
 
@@ -1023,20 +1051,6 @@ def _crop_window(generator, height, width, scale):
     top = tf.cast(tf.round(along_h[0] * tf.cast(height - crop_h, tf.float32)), tf.int32)
     left = tf.cast(tf.round(along_w[0] * tf.cast(width - crop_w, tf.float32)), tf.int32)
     return top, left, crop_h, crop_w
-
-
-class _Draws:
-    """Uniform draws from a stateless seed, a fresh seed for every call: stands in for a
-    `tf.random.Generator` where each image's randomness must follow from its position in
-    the data alone."""
-
-    def __init__(self, seed: tf.Tensor):
-        self.seed, self.calls = seed, 0
-
-    def uniform(self, shape):
-        self.calls += 1
-        return tf.random.stateless_uniform(
-            shape, tf.random.experimental.stateless_fold_in(self.seed, self.calls))
 
 
 def _cropped(contents: tf.Tensor, draws, size: tuple[int, int],
@@ -1082,11 +1096,12 @@ def _file_pipeline(
     image with ``crop_scale`` is an Inception crop cut from the file at its full resolution
     (see `_cropped`), drawn from the seed, the batch's number and the image's position in it:
     ``batches(k)`` crops as an uninterrupted stream would have from epoch k on, and each
-    worker's part of a batch as the whole batch would have. ``batches(None)`` draws a new
-    stream number at every iteration. Every other image is the central ``crop_fraction`` of
-    its largest centred box of ``size``'s aspect ratio, resized to ``size`` (the short side
-    resized to ``size / crop_fraction``, then the central crop: the standard ImageNet
-    evaluation).
+    worker's part of a batch as the whole batch would have; the rest of the augmentation
+    draws from the seed, the batch's number and the worker (`_augment_key`). ``batches(None)``
+    draws a new stream number for each batch at every iteration. Every other image is the
+    central ``crop_fraction`` of its largest centred box of ``size``'s aspect ratio, resized
+    to ``size`` (the short side resized to ``size / crop_fraction``, then the central crop:
+    the standard ImageNet evaluation).
     """
     files_t, labels_t = tf.constant(list(files), tf.string), tf.constant(labels)
     view = center_crop(1.0 if train else crop_fraction, size=size)
@@ -1099,42 +1114,40 @@ def _file_pipeline(
         contents = tf.io.read_file(files_t[index])
         if cropping:
             key = tf.random.experimental.stateless_fold_in(
-                tf.random.experimental.stateless_fold_in(stream, number), position)
-            image = _cropped(contents, _Draws(key), size, crop_scale)
+                tf.random.experimental.stateless_fold_in(_base_key(seed, stream), number),
+                position)
+            image = _cropped(contents, seeding.StatelessDraws(key), size, crop_scale)
         else:
             image = view(decode(contents)[None])[0]
-        return number, image, labels_t[index]
+        return stream, number, image, labels_t[index]
 
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:
-        if first_epoch is None and cropping:
-            streams = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        else:
-            streams = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-
-        def images(stream):
-            key = tf.stack([tf.constant(seed, tf.int64), stream])
-
-            def each(number, positions, indices):
-                n = tf.size(indices, out_type=tf.int64)
-                return tf.fill([n], number), positions, indices
-
-            return index_batches(first_epoch, worker, workers).map(each).unbatch().map(
-                lambda number, position, index: load_one(key, number, position, index),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
         def part_size(number):
             whole = tf.where(number % steps < steps - 1, tf.constant(batch_size, tf.int64),
                              tf.constant(count - batch_size * (steps - 1), tf.int64))
             return (whole - worker + workers - 1) // workers
 
+        def each(batch, stream):
+            number, positions, indices = batch
+            n = tf.size(indices, out_type=tf.int64)
+            return tf.fill([n], stream), tf.fill([n], number), positions, indices
+
+        def finished(streams, numbers, x, y):
+            key = _augment_key(_base_key(seed, streams[0]), numbers[0], worker)
+            return _finish(x, y, key=key, train=train, **finish)
+
         # Every image in its own map call, in parallel; the batches formed again by number.
-        dataset = streams.take(1).flat_map(images).group_by_window(
-            key_func=lambda number, image, label: number,
+        dataset = tf.data.Dataset.zip(
+            index_batches(first_epoch, worker, workers),
+            _streams(seed, first_epoch is None and train),
+        ).map(each).unbatch().map(
+            load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        ).group_by_window(
+            key_func=lambda stream, number, image, label: number,
             reduce_func=lambda number, window: window.batch(part_size(number)),
-            window_size_func=part_size)
-        dataset = dataset.map(lambda number, x, y: _finish(x, y, train=train, **finish),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            window_size_func=part_size,
+        ).map(finished, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if first_epoch is None:
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
         return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
@@ -1209,16 +1222,13 @@ def _record_pipeline(
     def whole(image, label):
         return view(decode(image)[None])[0], label
 
-    def batched(images: tf.data.Dataset, size: int = batch_size) -> tf.data.Dataset:
-        return images.batch(size).map(
-            lambda x, y: _finish(x, y, train=train, **finish),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
     if not train:
         def evaluation(first_epoch=None):
             images = read(tf.data.Dataset.from_tensor_slices(shards)).map(
                 whole, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            return batched(images).apply(
+            return images.batch(batch_size).map(
+                lambda x, y: _finish(x, y, key=None, train=False, **finish),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).apply(
                 tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
         return evaluation
 
@@ -1243,13 +1253,16 @@ def _record_pipeline(
 
         def load_one(j, example):
             image, label = example
-            draws = _Draws(tf.random.experimental.stateless_fold_in(epoch_seed, j))
+            key = tf.random.experimental.stateless_fold_in(epoch_seed, j)
             if crop_scale is not None:
-                return _cropped(image, draws, size, crop_scale), label
+                return _cropped(image, seeding.StatelessDraws(key), size, crop_scale), label
             return whole(image, label)
 
-        return batched(images.map(load_one, num_parallel_calls=tf.data.AUTOTUNE,
-                                  deterministic=True), math.ceil(batch_size / workers))
+        images = images.map(load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return images.batch(math.ceil(batch_size / workers)).enumerate().map(
+            lambda b, batch: _finish(*batch, key=_augment_key(epoch_seed, b, worker),
+                                     train=True, **finish),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:

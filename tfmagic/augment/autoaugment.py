@@ -51,7 +51,9 @@ The program is compiled once per batch shape (about a second, the first time).
 Randomness comes from a ``tf.random.Generator`` owned by the layer: with an integer ``seed``
 a layer created again with that seed gives the same outputs for the same sequence of calls,
 eagerly or in a ``tf.data`` map. A map with ``num_parallel_calls`` runs calls concurrently,
-so which batch gets which draws then depends on scheduling.
+so which batch gets which draws then depends on scheduling; tfmagic's input pipeline
+(`tfmagic.data.load`) makes each batch's draws follow from the seed and the batch's place
+in the data instead (`tfmagic.augment.seeding.batch_key`).
 
 Example:
 
