@@ -1,6 +1,7 @@
 """The table of bad inputs in BUILD_NOTES.md, run row by row through tfmagic-train's main (a
 row that starts with tfmagic-data through that binary)."""
 
+import contextlib
 import os
 import pathlib
 import re
@@ -56,8 +57,24 @@ def shard_sets(tmp_path_factory):
     return {"truncated": truncated, "incomplete": incomplete}
 
 
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory):
+    """A 64 KiB tmpfs, filled up; or why there is none (mounting needs the privilege)."""
+    where = tmp_path_factory.mktemp("full_disk")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        yield None, mounted.stderr.strip() or "mount failed"
+        return
+    with open(where / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+    yield where, None
+    subprocess.run(["umount", str(where)], check=False)
+
+
 @pytest.fixture
-def paths(tmp_path, shard_sets):
+def paths(tmp_path, shard_sets, full_disk):
     made = tmp_path / "made"
     made.mkdir()
     corrupt = _folder(made / "corrupt", {"cat": 3, "dog": 3})
@@ -84,6 +101,8 @@ def paths(tmp_path, shard_sets):
     with rundir.exclusive(str(in_use), RuntimeError):
         yield {
             **shard_sets,
+            "full_disk": full_disk[0],
+            "good": _folder(made / "good", {"cat": 6, "dog": 6}),
             "in_use": in_use,
             "dangling": dangling,
             "looped": looped,
@@ -98,7 +117,11 @@ def paths(tmp_path, shard_sets):
 
 
 @pytest.mark.parametrize("arguments,code,message", _rows())
-def test_bad_input_gets_what_build_notes_says(arguments, code, message, paths, tmp_path, capsys):
+def test_bad_input_gets_what_build_notes_says(arguments, code, message, paths, full_disk,
+                                               tmp_path, capsys):
+    if "{full_disk}" in arguments and paths["full_disk"] is None:
+        pytest.skip(f"a full disk needs a small tmpfs, which cannot be mounted here "
+                    f"({full_disk[1]})")
     before = {p for p in tmp_path.rglob("*")}
     argv = [part.format(**paths) for part in shlex.split(arguments)]
     if not any(a.startswith("--output_dir") for a in argv):

@@ -1,20 +1,23 @@
 """train(recipe): a real short run on Fashion-MNIST, its files, re-runs, resume, divergence."""
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import shutil
+import subprocess
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from tfmagic import data, rundir
 from tfmagic.recipe import Recipe
-from tfmagic.training import RunExistsError, build_schedules, train
+from tfmagic.training import DiskFullError, RunExistsError, build_schedules, train
 
 QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, width=0.5, lr=0.05, seed=3,
              augment="none", crop_scheme="none")
@@ -403,3 +406,92 @@ def test_a_resumed_run_sees_the_epochs_an_uninterrupted_run_sees():
                           validation_fraction=0.0)        # a new process: nothing drawn yet
         assert labels(fresh.train_from_epoch(epoch), 5) == uninterrupted[epoch]
         assert labels(fresh.train, 5) != uninterrupted[epoch]
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory):
+    """A 16 MiB tmpfs, and a small image folder to train on (elsewhere)."""
+    where = tmp_path_factory.mktemp("small_disk")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("the disk-full cases need a small tmpfs, which this process cannot mount "
+                    f"({mounted.stderr.strip() or 'mount failed'})")
+    folder = tmp_path_factory.mktemp("two_classes")
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        (folder / f"c{label}").mkdir()
+        for i in range(16):
+            pixels = rng.integers(0, 100, (28, 28, 3), dtype=np.uint8)
+            pixels[label * 14:label * 14 + 14] += 150
+            Image.fromarray(pixels).save(folder / f"c{label}" / f"{i}.png")
+    yield where, f"folder:{folder}"
+    subprocess.run(["umount", str(where)], check=False)
+
+
+class _FillDisk(keras.callbacks.Callback):
+    """Fills the file system of `where` at the end of epoch `epoch`, or at the end of
+    training (`epoch=None`), with the file `where/filler`, leaving `leave` bytes free."""
+
+    def __init__(self, where, epoch=None, leave=0):
+        super().__init__()
+        self.where, self.epoch, self.leave = where, epoch, leave
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            _fill(self.where, self.leave)
+
+    def on_train_end(self, logs=None):
+        if self.epoch is None:
+            _fill(self.where, self.leave)
+
+
+def _fill(where, leave=0):
+    chunk = 4096
+    with open(where / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while shutil.disk_usage(where).free > leave:
+            filler.write(b"\0" * chunk)
+
+
+def _left(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+def test_a_full_disk_anywhere_in_a_run_is_a_clear_error_and_the_run_resumes(small_disk):
+    where, dataset = small_disk
+    out = where / "run"
+    recipe = Recipe(dataset=dataset, epochs=3, batch_size=8, width=0.25,
+                    augment="none", crop_scheme="none", validation_fraction=0.0, se=False,
+                    output_dir=str(out))
+    # Full from the start: nothing is left, not even the directory.
+    _fill(where)
+    with pytest.raises(DiskFullError, match=r"^no space left on device: .*/run/recipe\.cfg "
+                                            "could not be written; free some space"):
+        train(recipe, verbose=0)
+    assert _left(where) == ["filler"]
+    (where / "filler").unlink()
+
+    # Full after the first epoch was saved: the second epoch's checkpoint cannot be written.
+    with pytest.raises(DiskFullError, match=r"backup/epoch-2\.weights\.h5 could not be written"):
+        train(recipe, verbose=0, callbacks=[_FillDisk(where, epoch=0)])
+    assert not [name for name in _left(out) if ".tmp-" in name]
+    assert "backup/epoch-1.weights.h5" in _left(out)
+    (where / "filler").unlink()
+
+    # Started again with room, then full once training ends: the tidied history cannot be
+    # written; the checkpoints stay. Again, with a little room left: the saved model.
+    with pytest.raises(DiskFullError, match=r"run/history\.csv could not be written"):
+        train(recipe, verbose=0, callbacks=[_FillDisk(where)])
+    (where / "filler").unlink()
+    with pytest.raises(DiskFullError, match=r"run/model\.keras could not be written"):
+        train(recipe, verbose=0, callbacks=[_FillDisk(where, leave=65536)])
+    assert not [name for name in _left(out) if ".tmp-" in name]
+    assert "backup/epoch-3.weights.h5" in _left(out) and "model.keras" not in _left(out)
+    (where / "filler").unlink()
+
+    result = train(recipe, verbose=0)
+    assert (result.status, result.resumed_from_epoch, result.epochs_run) == ("completed", 3, 3)
+    assert [int(r["epoch"]) for r in _history(out)] == [0, 1, 2]
+    assert _left(out) == ["history.csv", "model.keras", "recipe.cfg", "result.json",
+                          "schedules.png", "tensorboard"] + [
+        name for name in _left(out) if name.startswith("tensorboard/")]

@@ -10,7 +10,10 @@ which is imported only for them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -59,9 +62,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(written.fileno())
         os.chmod(partial, file_mode())
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
+        if no_space_path(error) == "":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from error
         raise
 
 
@@ -119,4 +124,41 @@ def writable_problem(path: str | os.PathLike) -> str | None:
     except OSError as error:
         where = "it" if existing == target else f"its parent {existing}"
         return f"{where} cannot be written to ({error.strerror or error})"
+    return None
+
+
+def ensure_space(path: str | os.PathLike, needed: int) -> None:
+    """Raise the OSError of a full disk (``ENOSPC``, naming ``path``) when the file system
+    that ``path`` goes on has fewer than ``needed`` bytes free: asked before a writer that
+    does not fail cleanly on a full disk (HDF5, under Keras' weights files, can take the
+    process down). The directory of ``path`` must exist; other file systems are not asked."""
+    path = os.fspath(path)
+    if not _is_remote(path) and shutil.disk_usage(os.path.dirname(
+            os.path.abspath(path))).free < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+# How TensorFlow ("<path>; No space left on device") and HDF5 ("filename = '<path>'")
+# report a full disk, with the path they could not write.
+_FULL_DISK_PATHS = (re.compile(r"filename = '([^']+)'"),
+                    re.compile(r"([^\s;]+); No space left on device"))
+
+
+def no_space_path(error: BaseException) -> str | None:
+    """The path that a full disk kept from being written, when ``error`` or an error it arose
+    from reports one (an OSError ``ENOSPC`` or ``EDQUOT``, or TensorFlow's or HDF5's words
+    for it); "" when it names no path; None when the error is of another kind."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.fspath(error.filename) if error.filename else ""
+        text = str(error)
+        if os.strerror(errno.ENOSPC) in text or f"errno = {errno.ENOSPC}," in text:
+            for pattern in _FULL_DISK_PATHS:
+                found = pattern.search(text)
+                if found:
+                    return found.group(1)
+            return ""
+        error = error.__cause__ or error.__context__
     return None

@@ -60,7 +60,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmagic import data, distribute
-from tfmagic._atomic import atomic_path, write_atomic
+from tfmagic._atomic import atomic_path, ensure_space, write_atomic
 from tfmagic._checks import check, is_int
 
 __all__ = [
@@ -70,6 +70,12 @@ __all__ = [
     "ThroughputLogger",
     "index_batches",
 ]
+
+
+# What an HDF5 weights file takes beyond its arrays' bytes: per array (its dataset header and
+# the group around it) and per file.
+_HDF5_PER_ARRAY = 2048
+_HDF5_FILE = 65536
 
 
 class _Config:
@@ -93,7 +99,9 @@ class BackupAndRestore(_Config, keras.callbacks.BackupAndRestore):
     to its own file ``epoch-N.weights.h5`` (written atomically); only then is
     ``training_metadata.json`` replaced (atomically) to name it and the previous epoch's
     file, and older files are removed. A restart finds either the previous checkpoint or the
-    new one, both whole.
+    new one, both whole. A checkpoint is not begun without room for it (`room_needed`): HDF5
+    can take the process down when the disk fills up under it, so a full disk is the
+    ``OSError`` (``ENOSPC``) of a file system instead.
 
     The weights file holds the model's weights and the optimizer's variables (its step count,
     momenta, a `LossScaleOptimizer`'s scale), so schedules and momenta continue where they
@@ -192,9 +200,25 @@ class BackupAndRestore(_Config, keras.callbacks.BackupAndRestore):
                 variable.assign(np.asarray(state, dtype=variable.dtype))
         self.model._initial_epoch = epoch
 
+    def room_needed(self) -> int:
+        """Bytes to have free before writing a checkpoint (or a saved model) of this model:
+        the largest checkpoint so far, or the variables' bytes and HDF5's overhead for each,
+        with a quarter to spare."""
+        done = [os.path.getsize(os.path.join(self.backup_dir, name))
+                for name in (os.listdir(self.backup_dir) if os.path.isdir(self.backup_dir) else ())
+                if name.startswith("epoch-") and name.endswith(".weights.h5")]
+        if done:
+            return max(done) * 5 // 4
+        variables = [*self.model.weights,
+                     *(self.model.optimizer.variables if self.model.optimizer else ())]
+        payload = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize + _HDF5_PER_ARRAY
+                      for v in variables)
+        return (payload + _HDF5_FILE) * 5 // 4
+
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         weights = f"epoch-{self._current_epoch}.weights.h5"
+        ensure_space(os.path.join(self.backup_dir, weights), self.room_needed())
         with atomic_path(os.path.join(self.backup_dir, weights)) as partial:
             self.model.save_weights(partial, overwrite=True)
         seeds = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]

@@ -135,6 +135,11 @@ class RunExistsError(OutputDirError):
     """The output directory holds a run that this call must not continue or replace."""
 
 
+class DiskFullError(OutputDirError):
+    """The disk filled up under a run. Run again once there is room: it continues from its
+    last finished epoch."""
+
+
 @contextlib.contextmanager
 def exclusive(directory: str, refuse: Callable[[str], Exception]):
     """Hold the lock file `directory/.lock` while the block runs; `directory` is created if
@@ -152,7 +157,10 @@ def exclusive(directory: str, refuse: Callable[[str], Exception]):
         descriptor = _take_lock(path, refuse)
         try:
             os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            # The pid is for the message of a refused second run: without room for it (a
+            # full disk), the lock holds all the same.
+            with contextlib.suppress(OSError):
+                os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.remove(path)
@@ -226,6 +234,16 @@ def check_output_dir(recipe: Recipe, overwrite: bool) -> bool:
             "or choose another output_dir"
         )
     return True
+
+
+def remove_if_no_checkpoint(out: str) -> None:
+    """Remove the run files from `out` when it holds no checkpoint yet: what a run that
+    failed before its first epoch was saved leaves (started again, it starts over)."""
+    backup = os.path.join(out, BACKUP_DIR)
+    if os.path.isdir(backup) and any(name.startswith("epoch-") for name in os.listdir(backup)):
+        return
+    for name in _RUN_FILES:
+        _remove(os.path.join(out, name))
 
 
 def _remove(path: str) -> None:

@@ -45,7 +45,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 import tfmagic
 from tfmagic import data, distribute, models, plots, rundir
-from tfmagic._atomic import atomic_path, write_atomic
+from tfmagic._atomic import atomic_path, ensure_space, no_space_path, write_atomic
 from tfmagic.augment import pipeline as augmentation
 from tfmagic.callbacks import BackupAndRestore, DivergenceGuard, ScheduleLogger, ThroughputLogger
 from tfmagic.choices import CROP_LOADER_SCALES
@@ -63,6 +63,7 @@ from tfmagic.rundir import (
     SCHEDULES_PLOT,
     TENSORBOARD_DIR,
 )
+from tfmagic.rundir import DiskFullError as DiskFullError
 from tfmagic.rundir import OutputDirError as OutputDirError
 from tfmagic.rundir import RunExistsError as RunExistsError
 from tfmagic.wiring import build_schedules, steps_in_epoch
@@ -147,6 +148,9 @@ def train(
         OutputDirError: `output_dir` cannot be created or written to (checked before
             anything is loaded), or another run is writing it (the run holds the lock file
             `output_dir/.lock`, with its pid, until it ends).
+        DiskFullError: an OutputDirError: the disk filled up; the message names what could
+            not be written. No temporary file is left; a new run that had saved no epoch
+            leaves nothing, any other continues from its last finished epoch when run again.
         RunExistsError: `output_dir` holds a finished run, or an unfinished run of a
             different recipe (or a recipe.cfg that cannot be read), and `overwrite` is False.
         RecipeError, data.DataError: the recipe does not fit the data.
@@ -170,8 +174,20 @@ def train(
                   f"{distribute.describe_devices(strategy)}", flush=True)
         previous_policy = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(recipe.precision)
+        fresh = chief and not replace and not os.path.exists(
+            os.path.join(recipe.output_dir, RECIPE_FILE))
         try:
             return _train(recipe, strategy, chief, replace, started, verbosity, callbacks)
+        except Exception as error:
+            full = no_space_path(error)
+            if full is None:
+                raise
+            if fresh:
+                rundir.remove_if_no_checkpoint(recipe.output_dir)
+            raise DiskFullError(
+                f"no space left on device: {full or recipe.output_dir} could not be written; "
+                "free some space and run the same command again (the run continues from its "
+                "last finished epoch, if it finished one)") from error
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -315,6 +331,7 @@ def _fit_and_evaluate(recipe: Recipe, model: keras.Model, splits: data.DataSplit
         model = strip_auxiliary(model)
     if not guard.diverged:
         if chief:
+            ensure_space(os.path.join(out, MODEL_FILE), backup.room_needed())
             with atomic_path(os.path.join(out, MODEL_FILE)) as partial:
                 model.save(partial)
         if auxiliary:

@@ -8,13 +8,16 @@ records in a seeded random order across shards; the test split is the one a fold
 uses. --output_dir may be any path TensorFlow can write (gs://bucket/... included).
 
 Exit status: 0 written; 1 a bad flag value, a folder that cannot be read or an output
-directory that cannot be used (nothing is written).
+directory that cannot be used (nothing is written); 2 the disk filled up (nothing is left).
 """
+
+import sys
 
 from absl import app, flags
 
+from tfmagic._atomic import no_space_path
 from tfmagic.cli import parse_flags
-from tfmagic.exit_codes import EXIT_OK
+from tfmagic.exit_codes import EXIT_OK, EXIT_OUTPUT_DIR
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "The image folder to convert: folder:PATH.")
@@ -34,6 +37,12 @@ def main(argv: list[str]) -> int:
                                        shard_bytes=FLAGS.shard_mb * 2**20, seed=FLAGS.seed)
     except data.DataError as error:
         raise app.UsageError(str(error)) from None
+    except Exception as error:
+        if no_space_path(error) is None:
+            raise
+        print(f"tfmagic-data: no space left on device writing {FLAGS.output_dir}; nothing was "
+              "left there: free some space and run the command again", file=sys.stderr)
+        return EXIT_OUTPUT_DIR
     counts = ", ".join(f"{count} {split}" for split, count in written["splits"].items())
     left_out = len(written["bad_files"])
     print(f"{FLAGS.dataset} -> {FLAGS.output_dir}: {counts} images, "

@@ -21,6 +21,7 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
+from tfmagic._atomic import no_space_path
 from tfmagic.cli import parse_flags, recipe_from_flags, usage_error
 from tfmagic.exit_codes import EXIT_DIVERGED, EXIT_NO_WEIGHTS, EXIT_OK, EXIT_OUTPUT_DIR
 
@@ -80,6 +81,13 @@ def main(argv: list[str]) -> int:
     except models.PretrainedWeightsError as error:
         print(f"tfmagic-train: {error}", file=sys.stderr)
         return EXIT_NO_WEIGHTS
+    except OSError as error:              # a picture of --*_only mode on a full disk
+        full = no_space_path(error)
+        if full is None:
+            raise
+        print(f"tfmagic-train: no space left on device: {full or recipe.output_dir} could not "
+              "be written", file=sys.stderr)
+        return EXIT_OUTPUT_DIR
     print(summary_line(result))
     return EXIT_OK if result.status == "completed" else EXIT_DIVERGED
 
