@@ -113,9 +113,17 @@ def test_a_conversion_stopped_part_way_leaves_no_output_dir(photos, tmp_path, mo
         data.write_tfrecords(f"folder:{photos}", str(tmp_path / "out"), shard_bytes=100_000)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
+    # What a conversion killed part way leaves (its process gone) goes; a running one's stays.
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    killed = tmp_path / f".tmp-{ended.stdout.strip()}-{'a' * 32}-out"
+    running = tmp_path / f".tmp-{os.getpid()}-{'b' * 32}-out"
+    for staging in (killed, running):
+        staging.mkdir()
+        (staging / "train-00000-of-00002.tfrecord").write_bytes(b"part")
     written = data.write_tfrecords(f"folder:{photos}", str(tmp_path / "out"),
                                    shard_bytes=100_000)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", running.name])
     assert json.loads((tmp_path / "out" / records.DESCRIPTION_FILE).read_text()) == written
     assert {name.split("-")[0] for name in os.listdir(tmp_path / "out")} == {
         "train", "test", records.DESCRIPTION_FILE}

@@ -38,6 +38,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 import zlib
@@ -738,9 +739,10 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
     names, split sizes and the files left out because they do not decode. Paths go through
     ``tf.io.gfile`` (``gs://`` works where TensorFlow has that file system).
 
-    A local ``output_dir`` is written as a hidden folder beside it (``.tmp-<random>-<name>``)
-    and renamed to it once whole, so a conversion stopped part-way leaves no ``output_dir``
-    (a kill leaves the hidden folder, to delete). Elsewhere the shards are written in place;
+    A local ``output_dir`` is written as a hidden folder beside it
+    (``.tmp-<pid>-<random>-<name>``) and renamed to it once whole, so a conversion stopped
+    part-way leaves no ``output_dir``; the hidden folder that a killed one leaves is removed
+    by the next conversion to that ``output_dir``. Elsewhere the shards are written in place;
     a set left incomplete there is refused when its directory is read
     (`records.tfrecord_source` names the missing ``-of-N`` members).
 
@@ -774,8 +776,9 @@ def write_tfrecords(dataset: str, output_dir: str, *, shard_bytes: int = SHARD_B
     if local:                            # written beside it, renamed to it when whole
         target = os.path.abspath(output_dir)
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        _remove_stale_staging(target)
         staging = os.path.join(os.path.dirname(target),
-                               f".tmp-{uuid.uuid4().hex}-{os.path.basename(target)}")
+                               f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{os.path.basename(target)}")
         os.mkdir(staging)
     else:
         staging = output_dir
@@ -825,6 +828,27 @@ def _pick(labels: np.ndarray, per_class: np.ndarray, rng: np.random.Generator) -
         if count
     ]
     return np.sort(np.concatenate(chosen))
+
+
+def _remove_stale_staging(target: str) -> None:
+    """Remove the hidden folders that conversions to `target` killed part way (``kill -9``)
+    left beside it: named ``.tmp-<pid>-<random>-<name>``, with a pid that no longer runs."""
+    parent, name = os.path.split(target)
+    pattern = re.compile(rf"\.tmp-(\d+)-[0-9a-f]{{32}}-{re.escape(name)}")
+    for entry in os.listdir(parent):
+        found = pattern.fullmatch(entry)
+        if found and not _running(int(found.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:              # another user's process
+        return True
+    return True
 
 
 def _stratified_subset(
