@@ -15,8 +15,8 @@ from tfmagic.training import train
 
 # Without SE: its gates slow the first epochs of a small ResNet, and these runs measure the
 # augmentation, not the architecture.
-QUICK = dict(train_subset=3000, batch_size=64, width=0.5, lr=0.05, warmup_epochs=0.3, seed=5,
-             se=False)
+QUICK = dict(train_subset=3000, batch_size=64, eval_batch_size=1000, width=0.5, lr=0.05,
+             warmup_epochs=0.3, seed=5, se=False)
 
 
 def _load(recipe, **extra):

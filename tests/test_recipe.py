@@ -21,6 +21,7 @@ BAD_VALUES = [
     ("validation_fraction", -0.1, "[0, 1)"),
     ("image_size", 16, ">= 28"),
     ("batch_size", 0, ">= 1"),
+    ("eval_batch_size", -1, ">= 0"),
     ("epochs", 0, ">= 1"),
     ("model", "resnet18", "resnet20"),
     ("width", 0.0, "(0, 8]"),

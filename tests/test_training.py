@@ -19,8 +19,9 @@ from tfmagic import data, rundir
 from tfmagic.recipe import Recipe
 from tfmagic.training import DiskFullError, RunExistsError, build_schedules, train
 
-QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, width=0.5, lr=0.05, seed=3,
-             augment="none", crop_scheme="none")
+# Evaluation at 1,000 images a batch: the same accuracy as at 64, in less time.
+QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, eval_batch_size=1000,
+             width=0.5, lr=0.05, seed=3, augment="none", crop_scheme="none")
 # The shared finished run's regime: decoupled weight decay stepped up at each of 3 LR cycles.
 SCHEDULED_DECAY = dict(warmup_epochs=0.5, weight_decay_schedule="cycles", lr_cycles=3,
                        weight_decay_mode="decoupled", weight_decay=5e-3)

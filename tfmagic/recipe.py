@@ -146,6 +146,11 @@ class Recipe:
     batch_size: int = _knob(
         128, "Global training batch size.", check=lambda v: v >= 1, allowed="must be >= 1"
     )
+    eval_batch_size: int = _knob(
+        0, "Batch size of the validation and test evaluations; 0: batch_size. A larger one "
+        "evaluates faster (inference keeps no activations for a backward pass) and gives the "
+        "same accuracy.", check=lambda v: v >= 0, allowed="must be >= 0"
+    )
     epochs: int = _knob(
         30, "Number of training epochs.", check=lambda v: v >= 1, allowed="must be >= 1"
     )

@@ -395,6 +395,7 @@ def _load_data(recipe: Recipe) -> data.DataSplits:
     return data.load(
         recipe.dataset,
         batch_size=recipe.batch_size,
+        eval_batch_size=recipe.eval_batch_size or None,
         seed=recipe.seed,
         train_subset=recipe.train_subset or None,
         validation_fraction=recipe.validation_fraction,
