@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from absl import app, flags
+from disks import mount_tmpfs
 from PIL import Image
 
 from tfmagic import data, rundir
@@ -61,10 +62,9 @@ def shard_sets(tmp_path_factory):
 def full_disk(tmp_path_factory):
     """A 64 KiB tmpfs, filled up; or why there is none (mounting needs the privilege)."""
     where = tmp_path_factory.mktemp("full_disk")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        yield None, mounted.stderr.strip() or "mount failed"
+    why = mount_tmpfs(where, "64k")
+    if why:
+        yield None, why
         return
     with open(where / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
         while True:

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from disks import mount_tmpfs
 from PIL import Image
 
 from tfmagic import data, rundir
@@ -413,11 +414,9 @@ def test_a_resumed_run_sees_the_epochs_an_uninterrupted_run_sees():
 def small_disk(tmp_path_factory):
     """A 16 MiB tmpfs, and a small image folder to train on (elsewhere)."""
     where = tmp_path_factory.mktemp("small_disk")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip("the disk-full cases need a small tmpfs, which this process cannot mount "
-                    f"({mounted.stderr.strip() or 'mount failed'})")
+    why = mount_tmpfs(where, "16m")
+    if why:
+        pytest.skip(f"the disk-full cases need a small tmpfs, which cannot be mounted here ({why})")
     folder = tmp_path_factory.mktemp("two_classes")
     rng = np.random.default_rng(0)
     for label in range(2):
