@@ -66,6 +66,8 @@ def one_step(strategy):
         model.compile(optimizer=build_optimizer("sgd_nesterov", 0.1, momentum=0.9,
                                                 weight_decay=5e-4),
                       loss=LabelSmoothingCrossEntropy(0.1, from_logits=True))
+        # Its variables made before the step: a step that makes them is traced twice.
+        model.optimizer.build(model.trainable_variables)
     model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(64), epochs=1, verbose=0,
               shuffle=False)
     return model.get_weights(), strategy.num_replicas_in_sync
