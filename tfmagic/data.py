@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
 import gzip
 import hashlib
 import importlib
@@ -135,12 +134,9 @@ class DataSplits:
     unless the augment hook changes them. ``streamed`` says that the images are read from
     their files at every epoch instead of being held in memory; ``bad_files`` are the files of
     a streamed folder that do not decode, left out.
-
-    ``train`` is built when first read, so that a caller that reads only
-    ``train_from_epoch`` (`tfmagic.training.train`) does not pay for tracing its input
-    functions.
     """
 
+    train: tf.data.Dataset
     train_from_epoch: Callable[..., tf.data.Dataset]
     validation: tf.data.Dataset | None
     test: tf.data.Dataset
@@ -154,10 +150,6 @@ class DataSplits:
     std: tuple[float, ...]
     streamed: bool = False
     bad_files: tuple[str, ...] = ()
-
-    @functools.cached_property
-    def train(self) -> tf.data.Dataset:
-        return self.train_from_epoch()
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -1606,6 +1598,7 @@ def load(
     validation = None if x_val is None else make(x_val, y_val, eval_batch, False)()
     test = make(x_test, y_test, eval_batch, False)()
     return DataSplits(
+        train=train(),
         train_from_epoch=train,
         validation=validation,
         test=test,
