@@ -162,3 +162,12 @@ def no_space_path(error: BaseException) -> str | None:
             return ""
         error = error.__cause__ or error.__context__
     return None
+
+
+def no_space_message(error: BaseException, where: str) -> str | None:
+    """The one-line report of a full disk when ``error`` is one (`no_space_path`), naming
+    the file it could not write, or ``where`` when it names none; None otherwise."""
+    full = no_space_path(error)
+    if full is None:
+        return None
+    return f"no space left on device: {full or where} could not be written"

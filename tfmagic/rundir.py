@@ -190,12 +190,17 @@ def _take_lock(path: str, refuse: Callable[[str], Exception]) -> int:
         os.close(descriptor)
 
 
-def lock_output_dir(out: str):
-    """`exclusive` use of train()'s output directory `out`, for the whole run: an
-    OutputDirError when it cannot be written to, or when another run is writing it."""
+def check_writable(out: str) -> None:
+    """An OutputDirError, naming `out` and why, when it cannot be created or written to."""
     problem = writable_problem(out)
     if problem:
         raise OutputDirError(f"output_dir={out!r} cannot be used: {problem}")
+
+
+def lock_output_dir(out: str):
+    """`exclusive` use of train()'s output directory `out`, for the whole run: an
+    OutputDirError when it cannot be written to, or when another run is writing it."""
+    check_writable(out)
     return exclusive(out, lambda holder: OutputDirError(
         f"output_dir={out!r} is in use by another run ({holder}); wait for it to end, or "
         "choose another output_dir"))

@@ -45,7 +45,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 import tfmagic
 from tfmagic import data, distribute, models, plots, rundir
-from tfmagic._atomic import atomic_path, ensure_space, no_space_path, write_atomic
+from tfmagic._atomic import atomic_path, ensure_space, no_space_message, write_atomic
 from tfmagic.augment import pipeline as augmentation
 from tfmagic.callbacks import BackupAndRestore, DivergenceGuard, ScheduleLogger, ThroughputLogger
 from tfmagic.choices import CROP_LOADER_SCALES
@@ -179,15 +179,14 @@ def train(
         try:
             return _train(recipe, strategy, chief, replace, started, verbosity, callbacks)
         except Exception as error:
-            full = no_space_path(error)
+            full = no_space_message(error, recipe.output_dir)
             if full is None:
                 raise
             if fresh:
                 rundir.remove_if_no_checkpoint(recipe.output_dir)
             raise DiskFullError(
-                f"no space left on device: {full or recipe.output_dir} could not be written; "
-                "free some space and run the same command again (the run continues from its "
-                "last finished epoch, if it finished one)") from error
+                f"{full}; free some space and run the same command again (the run continues "
+                "from its last finished epoch, if it finished one)") from error
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
 

@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 
 from tfmagic import recipe as recipe_lib
-from tfmagic._atomic import no_space_path
+from tfmagic._atomic import no_space_message
 from tfmagic.cli import parse_flags, recipe_from_flags, usage_error
 from tfmagic.exit_codes import EXIT_DIVERGED, EXIT_NO_WEIGHTS, EXIT_OK, EXIT_OUTPUT_DIR
 
@@ -66,6 +66,8 @@ def main(argv: list[str]) -> int:
     from tfmagic import data, models, rundir, training
 
     try:
+        if FLAGS.plot_schedules_only or FLAGS.preview_augment_only:
+            rundir.check_writable(recipe.output_dir)
         if FLAGS.plot_schedules_only:
             return _plot_schedules(recipe)
         if FLAGS.preview_augment_only:
@@ -82,11 +84,10 @@ def main(argv: list[str]) -> int:
         print(f"tfmagic-train: {error}", file=sys.stderr)
         return EXIT_NO_WEIGHTS
     except OSError as error:              # a picture of --*_only mode on a full disk
-        full = no_space_path(error)
+        full = no_space_message(error, recipe.output_dir)
         if full is None:
             raise
-        print(f"tfmagic-train: no space left on device: {full or recipe.output_dir} could not "
-              "be written", file=sys.stderr)
+        print(f"tfmagic-train: {full}", file=sys.stderr)
         return EXIT_OUTPUT_DIR
     print(summary_line(result))
     return EXIT_OK if result.status == "completed" else EXIT_DIVERGED
