@@ -153,6 +153,12 @@ def test_real_checklist_writes_every_result_and_report_row(checklist_run):
     assert completed == {f"{n}-seed0" for n in expected if n != "boom"}
     assert [o.key for o in result.failed] == ["boom-seed0"]
     assert "diverged" in result.failed[0].reason
+    # The diverged run's directory, as train() leaves one: its status, no test accuracy, no
+    # model.
+    boom = out / "trials" / "boom" / "seed0"
+    recorded = json.loads((boom / "result.json").read_text())
+    assert recorded["status"] == "diverged" and recorded["test_accuracy"] is None
+    assert not (boom / "model.keras").exists()
     for name in ("report.md", "summary.csv", "report.png", "curves.png", "best.cfg"):
         assert (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
