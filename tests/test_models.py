@@ -114,6 +114,7 @@ MOBILENET_WIDTH_1 = dict(stem=32, channels=tuple(c for _, c, _ in MOBILENET_PLAN
 def test_parameter_counts_at_width_1_match_formulas(input_shape, se):
     channels = input_shape[-1]
     counts = {
+        "resnet8": resnet_params(1, channels, 10, (16, 32, 64), se),
         "resnet20": resnet_params(3, channels, 10, (16, 32, 64), se),
         "resnet56": resnet_params(9, channels, 10, (16, 32, 64), se),
         "mobilenet_small": mobilenet_params(channels, 10, **MOBILENET_WIDTH_1, se=se),
@@ -123,10 +124,10 @@ def test_parameter_counts_at_width_1_match_formulas(input_shape, se):
         assert build_model(name, input_shape, 10, **kwargs).count_params() == expected, name
     # The numbers written in the docstrings and the README.
     documented = {
-        ((28, 28, 1), True): (282_634, 886_378, 2_656_034),
-        ((32, 32, 3), True): (282_922, 886_666, 2_656_610),
-        ((28, 28, 1), False): (273_754, 859_738, 2_270_218),
-        ((32, 32, 3), False): (274_042, 860_026, 2_270_794),
+        ((28, 28, 1), True): (81_386, 282_634, 886_378, 2_656_034),
+        ((32, 32, 3), True): (81_674, 282_922, 886_666, 2_656_610),
+        ((28, 28, 1), False): (78_426, 273_754, 859_738, 2_270_218),
+        ((32, 32, 3), False): (78_714, 274_042, 860_026, 2_270_794),
     }[input_shape, se]
     assert tuple(counts.values()) == documented
     assert 0.26e6 < counts["resnet20"] < 0.29e6
@@ -216,7 +217,8 @@ def test_output_stays_float32_under_mixed_precision(pooling):
 
 
 @pytest.mark.parametrize(
-    ("name", "adds"), [("resnet20", 9), ("resnet56", 27), ("mobilenet_small", 10)]
+    ("name", "adds"),
+    [("resnet8", 3), ("resnet20", 9), ("resnet56", 27), ("mobilenet_small", 10)],
 )
 def test_structure_convs_residual_adds(name, adds):
     model = build_model(name, (32, 32, 3), 10)
@@ -366,7 +368,7 @@ def _blocks(name: str) -> list[tuple[str, bool]]:
             for stage, (_, _, blocks) in enumerate(MOBILENET_PLAN, start=1)
             for block in range(1, blocks + 1)
         ]
-    per_stage = {"resnet20": 3, "resnet56": 9}[name]
+    per_stage = {"resnet8": 1, "resnet20": 3, "resnet56": 9}[name]
     return [
         (f"stage{stage}_block{block}", True)
         for stage in (1, 2, 3)

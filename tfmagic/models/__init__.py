@@ -1,12 +1,13 @@
 """Built-in backbones: small Keras functional models made of standard Keras layers only.
 
-``resnet20`` and ``resnet56`` are the CIFAR ResNets of He et al. (2016), ``mobilenet_small`` a
-MobileNetV2-style network with total stride 16. All take any ``(height, width, channels)`` input
-with height and width of at least 28 pixels, output float32 logits (use ``from_logits=True``),
-scale their channels with ``width`` and let ``downscale_activation`` choose the activation that
-follows each stride-2 layer. Three options set architecture tricks: ``se`` (squeeze-and-excitation
-in every block, on by default), ``drop_path_rate`` (stochastic depth, rising linearly with
-depth; off by default) and ``pooling`` (``"avg"`` or ``"attention"``, one of ``POOLING_TYPES``).
+``resnet8``, ``resnet20`` and ``resnet56`` are the CIFAR ResNets of He et al. (2016),
+``mobilenet_small`` a MobileNetV2-style network with total stride 16. All take any
+``(height, width, channels)`` input with height and width of at least 28 pixels, output float32
+logits (use ``from_logits=True``), scale their channels with ``width`` and let
+``downscale_activation`` choose the activation that follows each stride-2 layer. Three options
+set architecture tricks: ``se`` (squeeze-and-excitation in every block, on by default),
+``drop_path_rate`` (stochastic depth, rising linearly with depth; off by default) and
+``pooling`` (``"avg"`` or ``"attention"``, one of ``POOLING_TYPES``).
 See :mod:`tfmagic.models.common` for the shared conventions.
 
 ``add_squeeze_excite`` and ``set_downscaling_activation`` (:mod:`tfmagic.models.surgery`)
@@ -44,7 +45,7 @@ from tfmagic.models.applications import (
 )
 from tfmagic.models.common import DOWNSCALE_ACTIVATIONS, POOLING_TYPES, POOLINGS
 from tfmagic.models.mobilenet import mobilenet_small
-from tfmagic.models.resnet import resnet20, resnet56
+from tfmagic.models.resnet import resnet8, resnet20, resnet56
 from tfmagic.models.surgery import (
     SurgeryReport,
     add_squeeze_excite,
@@ -73,6 +74,7 @@ __all__ = [
     "min_input_size",
     "mobilenet_small",
     "preprocess_function",
+    "resnet8",
     "resnet20",
     "resnet56",
     "set_downscaling_activation",
@@ -82,6 +84,8 @@ __all__ = [
 BACKBONES = Registry("model")
 """The built-in backbones: name -> ``build(input_shape, num_classes, *, width,
 downscale_activation, se, drop_path_rate, pooling)``, a functional Keras model."""
+BACKBONES.register("resnet8", resnet8,
+                   help="the CIFAR ResNet-8 of He et al. (2016): one block per stage, a quick try")
 BACKBONES.register("resnet20", resnet20, help="the CIFAR ResNet-20 of He et al. (2016)")
 BACKBONES.register("resnet56", resnet56, help="the CIFAR ResNet-56 of He et al. (2016)")
 BACKBONES.register("mobilenet_small", mobilenet_small,
@@ -105,8 +109,8 @@ def build_model(
     """Builds the backbone called ``name``: a built-in one or ``"keras:NAME"``.
 
     Args:
-        name: ``"resnet20"``, ``"resnet56"``, ``"mobilenet_small"``, or ``"keras:NAME"`` for
-            ``keras.applications.NAME`` with a new head (see
+        name: ``"resnet8"``, ``"resnet20"``, ``"resnet56"``, ``"mobilenet_small"``, or
+            ``"keras:NAME"`` for ``keras.applications.NAME`` with a new head (see
             :func:`tfmagic.models.applications.build_application`).
         input_shape: ``(height, width, channels)``; height and width at least 28 (a
             ``keras:`` model needs 3 channels and at least ``min_input_size(name)`` pixels).
