@@ -46,8 +46,9 @@ CHANGED_FIELDS = {
     "attention_pool": {"pooling"}, "wd_cycles": {"weight_decay_schedule"},
     "wd_lr": {"weight_decay_schedule"}, "drop_path": {"drop_path_rate"},
 }
-QUICK = dict(train_subset=1000, validation_fraction=0.1, batch_size=64, eval_batch_size=1000,
-             width=0.25, epochs=3, warmup_epochs=0.2, augment="none", crop_scheme="none")
+QUICK = dict(model="resnet8", train_subset=1000, validation_fraction=0.1, batch_size=64,
+             eval_batch_size=1000, width=0.25, epochs=3, warmup_epochs=0.2, augment="none",
+             crop_scheme="none")
 
 
 def _differences(a: Recipe, b: Recipe) -> set[str]:

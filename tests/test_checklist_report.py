@@ -832,7 +832,8 @@ def test_auto_seeds_go_to_undecided_trials_closest_first_and_stop_at_max_seeds(t
         "baseline": 3, "far": 3}                 # "close" cannot hold +-20 points
 
 
-QUICK = dict(train_subset=200, validation_fraction=0.0, batch_size=64, width=0.25, epochs=1,
+QUICK = dict(model="resnet8", train_subset=200, validation_fraction=0.0, batch_size=64,
+             width=0.25, epochs=1,
              warmup_epochs=0.2, augment="none", crop_scheme="none", se=False)
 
 

@@ -104,7 +104,8 @@ def killed_then_resumed(tmp_path_factory):
     flagfile = tmp / "kill.cfg"
     flagfile.write_text(
         "--train_subset=1000\n--validation_fraction=0\n--epochs=4\n--batch_size=25\n"
-        "--width=0.25\n--nose\n--augment=none\n--crop_scheme=none\n--output_dir=run\n"
+        "--model=resnet8\n--width=0.25\n--nose\n--augment=none\n--crop_scheme=none\n"
+        "--output_dir=run\n"
         "--eval_batch_size=1000\n"
     )
     command = [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]),
@@ -177,7 +178,7 @@ def test_binary_trains_then_refuses_a_finished_run(killed_then_resumed, tmp_path
     for noise in ("I0000", "E0000", "W0000", "cuInit", "absl::InitializeLog"):
         assert noise not in first.stderr + first.stdout, noise
     devices = first.stdout.splitlines()[0]
-    assert devices.startswith("tfmagic: resnet20 on fashion_mnist, "), devices
+    assert devices.startswith("tfmagic: resnet8 on fashion_mnist, "), devices
     assert ("CPU only" in devices) != ("GPU" in devices), devices
     summary = first.stdout.strip().splitlines()[-1]
     result = killed_then_resumed["result"]

@@ -22,8 +22,9 @@ SMALL = dict(train_subset=2000, validation_fraction=0.1, batch_size=64, width=0.
 
 # What the distributed runs train: a folder of 4 colour classes that two epochs of a few steps
 # learn (chance 0.25), so that a run's time is the strategy's, not the data's.
-COLOUR_RUN = dict(validation_fraction=0.1, batch_size=8, width=0.25, optimizer="adam", lr=0.01,
-                  epochs=2, augment="none", crop_scheme="none", se=False, seed=1)
+COLOUR_RUN = dict(model="resnet8", validation_fraction=0.1, batch_size=8, width=0.25,
+                  optimizer="adam", lr=0.01, epochs=2, augment="none", crop_scheme="none",
+                  se=False, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +50,11 @@ from tfmagic.training import train
 x = (x[:64].astype("float32") - 72.9) / 90.0
 y = y[:64].astype("int32")
 keras.utils.set_random_seed(0)
-initial = build_model("resnet20", (28, 28, 1), 10, width=0.25).get_weights()
+initial = build_model("resnet8", (28, 28, 1), 10, width=0.25).get_weights()
 
 def one_step(strategy):
     with strategy.scope():
-        model = build_model("resnet20", (28, 28, 1), 10, width=0.25)
+        model = build_model("resnet8", (28, 28, 1), 10, width=0.25)
         model.set_weights(initial)
         model.compile(optimizer=build_optimizer("sgd_nesterov", 0.1, momentum=0.9,
                                                 weight_decay=5e-4),

@@ -49,7 +49,7 @@ parsed = recipe_lib.from_flags(values)
 
 out, folder = sys.argv[1:3]
 small = dict(dataset="folder:" + folder, validation_fraction=0.25, epochs=2, batch_size=4,
-             model="resnet20", se=False, width=0.25, warmup_epochs=0.5, augment="none",
+             model="resnet8", se=False, width=0.25, warmup_epochs=0.5, augment="none",
              weight_decay_schedule="lr")
 checklist = runner.run(recipe_lib.Recipe(**small), os.path.join(out, "checklist"),
                        trials=["lr_linear"], seeds=1, workers=2, progress=None)

@@ -150,7 +150,8 @@ def test_finished_run_is_refused_then_replaced_with_overwrite(finished_run, tmp_
     # The replacing run is a shorter one, which another callback stops after its first epoch
     # (as EarlyStopping would): a completed run, not a divergence. What the directory holds
     # afterwards is its own.
-    again = train(dataclasses.replace(recipe, epochs=3, train_subset=500), overwrite=True,
+    again = train(dataclasses.replace(recipe, epochs=3, train_subset=500, model="resnet8"),
+                  overwrite=True,
                   verbose=0, callbacks=[_StopEarly()])
     assert again.status == "completed"
     assert again.epochs_run == 1
@@ -165,7 +166,7 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path):
     # Weight decay rises linearly: its logged value per epoch continues across the resume.
     recipe = Recipe(epochs=3, warmup_epochs=0.5, weight_decay_schedule="linear",
                     weight_decay=1e-4, weight_decay_end=7e-4, output_dir=str(tmp_path / "run"),
-                    **{**QUICK, "train_subset": 1000})
+                    **{**QUICK, "train_subset": 1000, "model": "resnet8"})
     out = tmp_path / "run"
     # This run replaces an older one: what a kill of an overwrite=True run leaves is the old run
     # set aside in .replaced/, to be deleted when the run that follows finishes.
@@ -253,7 +254,7 @@ def test_every_regularizer_and_the_auxiliary_head_train_together(tmp_path):
     out = tmp_path / "every"
     every = dict(aux_loss_weight=0.4, augment="autoaugment", cutout=0.4, mixup_alpha=0.2,
                  cutmix_alpha=1.0, crop_scheme="random_resized_crop", crop_fraction=0.9,
-                 se=False, warmup_epochs=0.3)
+                 se=False, warmup_epochs=0.3, model="resnet8")
     recipe = Recipe(epochs=2, output_dir=str(out), **{**QUICK, **every})
     result = train(recipe, verbose=0)
     assert result.status == "completed"
@@ -356,7 +357,8 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_finished(finished_run
     monkeypatch.delenv("TFMAGIC_DATA_DIR")
 
     with pytest.raises(_Crash):          # fails mid-training: the old run is put back whole
-        train(dataclasses.replace(recipe, train_subset=300), overwrite=True, verbose=0,
+        train(dataclasses.replace(recipe, train_subset=300, model="resnet8"), overwrite=True,
+              verbose=0,
               callbacks=[_CrashAfterEpoch(0)])
     assert _stamps(out) == before
     assert not (out / ".replaced").exists()
