@@ -833,8 +833,8 @@ def test_auto_seeds_go_to_undecided_trials_closest_first_and_stop_at_max_seeds(t
 
 
 QUICK = dict(model="resnet8", train_subset=200, validation_fraction=0.0, batch_size=64,
-             width=0.25, epochs=1,
-             warmup_epochs=0.2, augment="none", crop_scheme="none", se=False)
+             width=0.25, epochs=1, warmup_epochs=0.2, augment="none", crop_scheme="none",
+             se=False)
 
 
 def test_auto_seeds_train_only_the_undecided_and_never_redo_a_finished_seed(tmp_path):

@@ -105,8 +105,7 @@ def killed_then_resumed(tmp_path_factory):
     flagfile.write_text(
         "--train_subset=1000\n--validation_fraction=0\n--epochs=4\n--batch_size=25\n"
         "--model=resnet8\n--width=0.25\n--nose\n--augment=none\n--crop_scheme=none\n"
-        "--output_dir=run\n"
-        "--eval_batch_size=1000\n"
+        "--output_dir=run\n--eval_batch_size=1000\n"
     )
     command = [BINARY or sys.executable, *([] if BINARY else ["-m", "tfmagic.cli.train"]),
                f"--flagfile={flagfile}"]

@@ -29,7 +29,8 @@ COLOUR_RUN = dict(model="resnet8", validation_fraction=0.1, batch_size=8, width=
 
 @pytest.fixture(scope="module")
 def colour_folder(tmp_path_factory):
-    return f"folder:{_colour_folder(tmp_path_factory.mktemp('colours'), 24, 20)}"
+    root = _colour_folder(tmp_path_factory.mktemp("colours"), per_class=24, test_per_class=20)
+    return f"folder:{root}"
 
 
 MIRRORED_SCRIPT = """

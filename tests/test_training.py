@@ -151,8 +151,7 @@ def test_finished_run_is_refused_then_replaced_with_overwrite(finished_run, tmp_
     # (as EarlyStopping would): a completed run, not a divergence. What the directory holds
     # afterwards is its own.
     again = train(dataclasses.replace(recipe, epochs=3, train_subset=500, model="resnet8"),
-                  overwrite=True,
-                  verbose=0, callbacks=[_StopEarly()])
+                  overwrite=True, verbose=0, callbacks=[_StopEarly()])
     assert again.status == "completed"
     assert again.epochs_run == 1
     assert again.test_accuracy is not None
@@ -358,8 +357,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_finished(finished_run
 
     with pytest.raises(_Crash):          # fails mid-training: the old run is put back whole
         train(dataclasses.replace(recipe, train_subset=300, model="resnet8"), overwrite=True,
-              verbose=0,
-              callbacks=[_CrashAfterEpoch(0)])
+              verbose=0, callbacks=[_CrashAfterEpoch(0)])
     assert _stamps(out) == before
     assert not (out / ".replaced").exists()
     assert json.loads((out / "result.json").read_text())["test_accuracy"] == pytest.approx(
