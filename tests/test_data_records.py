@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-from photos import batches, photo_folder, resumed_epochs
+from photos import PHOTO_RUN, batches, photo_folder, resumed_epochs
 
 from tfmagic import data, records
 from tfmagic.recipe import Recipe
@@ -131,7 +131,7 @@ def test_a_conversion_stopped_part_way_leaves_no_output_dir(photos, tmp_path, mo
 
 def test_tfrecords_train_through_train(shards, tmp_path):
     recipe = Recipe(dataset=f"tfrecord:{shards}", image_size=48, epochs=2, batch_size=16,
-                    width=0.25, crop_scheme="random_resized_crop", augment="autoaugment",
+                    crop_scheme="random_resized_crop", augment="autoaugment", **PHOTO_RUN,
                     output_dir=str(tmp_path / "run"))
     result = train(recipe, verbose=0)
     assert result.status == "completed" and result.epochs_run == 2 and result.streamed
@@ -258,7 +258,7 @@ def test_tfds_images_of_any_size_stream_and_train(tmp_path):
     with pytest.raises(data.DataError, match="cannot be held in memory"):
         data.load("tfds:variable_photos", cache="memory", batch_size=16, image_size=32)
     recipe = Recipe(dataset="tfds:variable_photos", image_size=32, epochs=2, batch_size=16,
-                    width=0.25, crop_scheme="random_resized_crop",
+                    crop_scheme="random_resized_crop", **PHOTO_RUN,
                     output_dir=str(tmp_path / "run"))
     result = train(recipe, verbose=0)
     assert result.status == "completed" and result.streamed and result.test_accuracy > 0.5

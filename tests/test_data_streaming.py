@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from photos import PHOTOS, batches, photo_folder, resumed_epochs
+from photos import PHOTO_RUN, PHOTOS, batches, photo_folder, resumed_epochs
 from PIL import Image
 
 from tfmagic import data
@@ -24,7 +24,7 @@ def photos(tmp_path_factory):
 
 def test_streamed_folder_trains_through_train(photos, tmp_path):
     recipe = Recipe(dataset=f"folder:{photos}", cache="none", image_size=64, epochs=2,
-                    batch_size=16, width=0.25, crop_scheme="random_resized_crop",
+                    batch_size=16, crop_scheme="random_resized_crop", **PHOTO_RUN,
                     augment="autoaugment", validation_fraction=0.1,
                     output_dir=str(tmp_path / "run"))
     result = train(recipe, verbose=0)

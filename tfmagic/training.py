@@ -158,7 +158,8 @@ def train(
     Example:
 
     >>> import tempfile
-    >>> quick = Recipe(train_subset=1000, epochs=1, width=0.25, output_dir=tempfile.mkdtemp())
+    >>> quick = Recipe(model="resnet8", train_subset=1000, epochs=1, width=0.25,
+    ...                eval_batch_size=1000, output_dir=tempfile.mkdtemp())
     >>> result = train(quick, verbose=0)
     >>> result.status, result.epochs_run, sorted(os.listdir(quick.output_dir))[:3]
     ('completed', 1, ['history.csv', 'model.keras', 'recipe.cfg'])
