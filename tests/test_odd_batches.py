@@ -36,7 +36,7 @@ RUNS = textwrap.dedent("""
     for name, change in json.loads(sys.argv[1]).items():
         recipe = Recipe(dataset="folder:" + sys.argv[2], output_dir=sys.argv[3] + "/" + name,
                         epochs=1, validation_fraction=0.0, augment="none", crop_scheme="none",
-                        warmup_epochs=0.0, model="resnet8", **change)
+                        warmup_epochs=0.0, **{"model": "resnet8", **change})
         result = train(recipe, verbose=0)
         results[name] = [result.status, result.epochs_run]
     print(json.dumps(results))
