@@ -65,22 +65,10 @@ LARGE_INPUT_SIZE = 64
 SE_RATIO = 0.25
 
 
-def resnet8(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    width: float = 1.0,
-    downscale_activation: str = "leaky_relu",
-    se: bool = True,
-    drop_path_rate: float = 0.0,
-    pooling: str = "avg",
-) -> keras.Model:
-    """ResNet-8 (n=1 basic block per stage) for small images: a quick first model, about half
-    the training time of a ResNet-20 on a short run, and a third of its graph to trace.
+_DOC = """
 
     Parameters at width 1 and 10 classes (``model.count_params()``, batch-norm moving
-    statistics included): 81,386 for 28x28x1 inputs and 81,674 for 32x32x3 inputs with SE
-    (the default); 78,426 and 78,714 with ``se=False``.
+    statistics included): {params}.
 
     Args:
         input_shape: ``(height, width, channels)``; height and width at least 28.
@@ -94,124 +82,81 @@ def resnet8(
         pooling: the global pooling before the logits, one of ``POOLING_TYPES``.
 
     Returns:
-        An uncompiled ``keras.Model`` named ``"resnet8"``.
+        An uncompiled ``keras.Model`` named ``"{name}"``.
 
     Example:
-        >>> model = resnet8((28, 28, 1), 10, se=False)
-        >>> [layer.name for layer in model.layers if layer.name.endswith("_add")]
-        ['stage1_block1_add', 'stage2_block1_add', 'stage3_block1_add']
+{example}
     """
-    return _resnet(
-        "resnet8",
-        1,
-        input_shape,
-        num_classes,
-        width=width,
-        downscale_activation=downscale_activation,
-        se=se,
-        drop_path_rate=drop_path_rate,
-        pooling=pooling,
-    )
 
 
-def resnet20(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    width: float = 1.0,
-    downscale_activation: str = "leaky_relu",
-    se: bool = True,
-    drop_path_rate: float = 0.0,
-    pooling: str = "avg",
-) -> keras.Model:
-    """ResNet-20 (n=3 basic blocks per stage) for small images.
+def _builder(name: str, blocks_per_stage: int, summary: str, params: str, example: str):
+    """The public builder of the ResNet with ``blocks_per_stage`` basic blocks per stage,
+    documented by ``summary``, its parameter counts and a doctest ``example``."""
 
-    Parameters at width 1 and 10 classes (``model.count_params()``, batch-norm moving
-    statistics included): 282,634 for 28x28x1 inputs and 282,922 for 32x32x3 inputs with SE
-    (the default); 273,754 and 274,042 with ``se=False``.
+    def build(
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        width: float = 1.0,
+        downscale_activation: str = "leaky_relu",
+        se: bool = True,
+        drop_path_rate: float = 0.0,
+        pooling: str = "avg",
+    ) -> keras.Model:
+        return _resnet(
+            name,
+            blocks_per_stage,
+            input_shape,
+            num_classes,
+            width=width,
+            downscale_activation=downscale_activation,
+            se=se,
+            drop_path_rate=drop_path_rate,
+            pooling=pooling,
+        )
 
-    Args:
-        input_shape: ``(height, width, channels)``; height and width at least 28.
-        num_classes: number of classes (>= 2); the model outputs that many logits.
-        width: multiplier of the 16/32/64 stage filters (> 0).
-        downscale_activation: activation after each stride-2 layer, one of
-            ``DOWNSCALE_ACTIVATIONS``.
-        se: whether each block has a squeeze-and-excitation before its addition.
-        drop_path_rate: stochastic-depth rate of the last block, in [0, 1); the rates rise
-            linearly from the first block, and 0 means no ``DropPath`` layers.
-        pooling: the global pooling before the logits, one of ``POOLING_TYPES``.
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = summary + _DOC.format(name=name, params=params, example=example)
+    return build
 
-    Returns:
-        An uncompiled ``keras.Model`` named ``"resnet20"``.
 
-    Example:
-        >>> model = resnet20((32, 32, 3), 10)
+resnet8 = _builder(
+    "resnet8",
+    1,
+    """ResNet-8 (n=1 basic block per stage) for small images: a quick first model, about half
+    the training time of a ResNet-20 on a short run, and a third of its graph to trace.""",
+    """81,386 for 28x28x1 inputs and 81,674 for 32x32x3 inputs with SE
+    (the default); 78,426 and 78,714 with ``se=False``""",
+    """        >>> model = resnet8((28, 28, 1), 10, se=False)
+        >>> [layer.name for layer in model.layers if layer.name.endswith("_add")]
+        ['stage1_block1_add', 'stage2_block1_add', 'stage3_block1_add']""",
+)
+
+resnet20 = _builder(
+    "resnet20",
+    3,
+    """ResNet-20 (n=3 basic blocks per stage) for small images.""",
+    """282,634 for 28x28x1 inputs and 282,922 for 32x32x3 inputs with SE
+    (the default); 273,754 and 274,042 with ``se=False``""",
+    """        >>> model = resnet20((32, 32, 3), 10)
         >>> model.compile(
         ...     optimizer="sgd",
         ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         ... )
         >>> model.output_shape
-        (None, 10)
-    """
-    return _resnet(
-        "resnet20",
-        3,
-        input_shape,
-        num_classes,
-        width=width,
-        downscale_activation=downscale_activation,
-        se=se,
-        drop_path_rate=drop_path_rate,
-        pooling=pooling,
-    )
+        (None, 10)""",
+)
 
-
-def resnet56(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    width: float = 1.0,
-    downscale_activation: str = "leaky_relu",
-    se: bool = True,
-    drop_path_rate: float = 0.0,
-    pooling: str = "avg",
-) -> keras.Model:
-    """ResNet-56 (n=9 basic blocks per stage) for small images.
-
-    Parameters at width 1 and 10 classes (``model.count_params()``, batch-norm moving
-    statistics included): 886,378 for 28x28x1 inputs and 886,666 for 32x32x3 inputs with SE
-    (the default); 859,738 and 860,026 with ``se=False``.
-
-    Args:
-        input_shape: ``(height, width, channels)``; height and width at least 28.
-        num_classes: number of classes (>= 2); the model outputs that many logits.
-        width: multiplier of the 16/32/64 stage filters (> 0).
-        downscale_activation: activation after each stride-2 layer, one of
-            ``DOWNSCALE_ACTIVATIONS``.
-        se: whether each block has a squeeze-and-excitation before its addition.
-        drop_path_rate: stochastic-depth rate of the last block, in [0, 1); the rates rise
-            linearly from the first block, and 0 means no ``DropPath`` layers.
-        pooling: the global pooling before the logits, one of ``POOLING_TYPES``.
-
-    Returns:
-        An uncompiled ``keras.Model`` named ``"resnet56"``.
-
-    Example:
-        >>> model = resnet56((28, 28, 1), 10, width=0.5, downscale_activation="swish")
+resnet56 = _builder(
+    "resnet56",
+    9,
+    """ResNet-56 (n=9 basic blocks per stage) for small images.""",
+    """886,378 for 28x28x1 inputs and 886,666 for 32x32x3 inputs with SE
+    (the default); 859,738 and 860,026 with ``se=False``""",
+    """        >>> model = resnet56((28, 28, 1), 10, width=0.5, downscale_activation="swish")
         >>> model.output_shape
-        (None, 10)
-    """
-    return _resnet(
-        "resnet56",
-        9,
-        input_shape,
-        num_classes,
-        width=width,
-        downscale_activation=downscale_activation,
-        se=se,
-        drop_path_rate=drop_path_rate,
-        pooling=pooling,
-    )
+        (None, 10)""",
+)
 
 
 def _resnet(
