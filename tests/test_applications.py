@@ -7,6 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from outputs import inference
 
 from tfmagic.layers import AttentionPooling, SqueezeExcite
 from tfmagic.models import (
@@ -21,11 +22,6 @@ SHAPE = (32, 32, 3)
 
 def _images(count=4, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (count, *SHAPE)).astype("float32")
-
-
-def _inference(model, images):
-    """The model's inference output, computed eagerly (no traced predict function)."""
-    return keras.ops.convert_to_numpy(model(images, training=False))
 
 
 def _count(model, kind):
@@ -50,7 +46,7 @@ def test_surgery_options_are_applied_to_the_application():
     assert _count(model, keras.layers.LeakyReLU) == 5
     assert _count(model, AttentionPooling) == 1
     assert "avg_pool" not in [layer.name for layer in model.layers]
-    assert np.all(np.isfinite(_inference(model, _images())))
+    assert np.all(np.isfinite(inference(model, _images())))
 
     efficientnet = build_application("keras:EfficientNetB0", SHAPE, 10)
     assert _count(efficientnet, SqueezeExcite) == 0
@@ -62,26 +58,26 @@ def test_pretrained_weights_file_gives_identical_features(tmp_path):
     path = str(tmp_path / "backbone.weights.h5")
     reference.save_weights(path)
     images = _images(seed=1)
-    expected = _inference(reference, images)
+    expected = inference(reference, images)
 
     keras.utils.set_random_seed(12)
     model = build_application("keras:MobileNetV2", SHAPE, 10, pretrained=path, se=False,
                               downscale_activation="keep")
     features = keras.Model(model.input, model.get_layer("out_relu").output)
-    np.testing.assert_array_equal(_inference(features, images), expected)
+    np.testing.assert_array_equal(inference(features, images), expected)
 
     keras.utils.set_random_seed(12)
     untrained = build_application("keras:MobileNetV2", SHAPE, 10, se=False,
                                   downscale_activation="keep")
     untrained_features = keras.Model(untrained.input, untrained.get_layer("out_relu").output)
-    assert not np.array_equal(_inference(untrained_features, images), expected)
+    assert not np.array_equal(inference(untrained_features, images), expected)
     early = "block_2_project_BN"
     loaded_early = keras.Model(model.input, model.get_layer(early).output)
     reference_early = keras.Model(reference.input, reference.get_layer(early).output)
     untrained_early = keras.Model(untrained.input, untrained.get_layer(early).output)
-    reference_values = _inference(reference_early, images)
-    np.testing.assert_array_equal(_inference(loaded_early, images), reference_values)
-    untrained_values = _inference(untrained_early, images)
+    reference_values = inference(reference_early, images)
+    np.testing.assert_array_equal(inference(loaded_early, images), reference_values)
+    untrained_values = inference(untrained_early, images)
     assert np.abs(untrained_values - reference_values).max() > 0.3 * np.abs(reference_values).max()
 
     changed = build_application("keras:MobileNetV2", SHAPE, 10, pretrained=path)

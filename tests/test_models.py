@@ -12,6 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from outputs import inference
 
 from tfmagic import models
 from tfmagic.layers import AttentionPooling, DropPath, SqueezeExcite
@@ -174,7 +175,7 @@ def test_channel_counts_are_multiples_of_8_at_any_width():
 def test_output_is_float32_logits_of_shape_batch_by_classes(name, input_shape, num_classes):
     model = build_model(name, input_shape, num_classes)
     images = np.random.default_rng(0).uniform(0, 1, (2, *input_shape)).astype("float32")
-    logits = keras.ops.convert_to_numpy(model(images, training=False))
+    logits = inference(model, images)
     assert logits.shape == (2, num_classes)
     assert logits.dtype == np.float32
     assert np.all(np.isfinite(logits))
@@ -213,7 +214,7 @@ def test_output_stays_float32_under_mixed_precision(pooling):
         assert model.get_layer(name).compute_dtype == "float16", name
     assert model.output.dtype == "float32"
     images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
-    assert np.all(np.isfinite(keras.ops.convert_to_numpy(model(images, training=False))))
+    assert np.all(np.isfinite(inference(model, images)))
 
 
 @pytest.mark.parametrize(
@@ -460,9 +461,9 @@ def test_drop_path_is_the_identity_at_inference_and_random_in_training(name):
     _copy_weights(dropped, plain)
     images = np.random.default_rng(3).uniform(0, 1, (8, 28, 28, 1)).astype("float32")
 
-    first = _inference(dropped, images)
-    np.testing.assert_array_equal(_inference(dropped, images), first)
-    np.testing.assert_array_equal(_inference(plain, images), first)
+    first = inference(dropped, images)
+    np.testing.assert_array_equal(inference(dropped, images), first)
+    np.testing.assert_array_equal(inference(plain, images), first)
 
     def training_output(model):  # batch-norm statistics are a function of the batch
         return keras.ops.convert_to_numpy(model(images, training=True))
@@ -494,7 +495,7 @@ def test_attention_pooling_replaces_average_pooling_and_trains(name, features, r
     _copy_weights(model, average)
     rng = np.random.default_rng(4)
     images = rng.uniform(0, 1, (8, 28, 28, 1)).astype("float32")
-    np.testing.assert_allclose(_inference(model, images), _inference(average, images), atol=1e-5)
+    np.testing.assert_allclose(inference(model, images), inference(average, images), atol=1e-5)
 
     model.compile(
         optimizer="adam",
@@ -579,19 +580,14 @@ def test_keras_file_round_trip_gives_identical_predictions(tmp_path, name, input
     rng = np.random.default_rng(1)
     _randomize(model, rng)
     images = rng.uniform(0, 1, (3, *input_shape)).astype("float32")
-    expected = _inference(model, images)
+    expected = inference(model, images)
 
     path = tmp_path / f"{name}.keras"
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
 
     assert [layer.name for layer in reloaded.layers] == [layer.name for layer in model.layers]
-    np.testing.assert_array_equal(_inference(reloaded, images), expected)
-
-
-def _inference(model, images):
-    """The model's inference output, computed eagerly (no traced predict function)."""
-    return keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_array_equal(inference(reloaded, images), expected)
 
 
 def _randomize(model, rng) -> None:
@@ -626,7 +622,7 @@ def test_all_options_reload_in_a_fresh_process(tmp_path):
         _randomize(model, rng)
         path = str(tmp_path / f"{name}.keras")
         model.save(path)
-        expected[path] = _inference(model, images)
+        expected[path] = inference(model, images)
 
         def tricks(model):
             kinds = (SqueezeExcite, DropPath, AttentionPooling)
