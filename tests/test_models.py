@@ -615,7 +615,7 @@ def test_all_options_reload_in_a_fresh_process(tmp_path):
     images = rng.uniform(0, 1, (3, 32, 32, 3)).astype("float32")
     np.save(tmp_path / "images.npy", images)
     expected = {}
-    for name in ("resnet20", "mobilenet_small"):
+    for name in ("resnet8", "mobilenet_small"):
         model = build_model(
             name, (32, 32, 3), 10, width=0.25, se=True, drop_path_rate=0.2, pooling="attention"
         )

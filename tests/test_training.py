@@ -26,6 +26,9 @@ QUICK = dict(train_subset=3000, validation_fraction=0.1, batch_size=64, eval_bat
 # The shared finished run's regime: decoupled weight decay stepped up at each of 3 LR cycles.
 SCHEDULED_DECAY = dict(warmup_epochs=0.5, weight_decay_schedule="cycles", lr_cycles=3,
                        weight_decay_mode="decoupled", weight_decay=5e-3)
+# Its model: a ResNet-8 (half the time of the default ResNet-20; `pytest -m slow` trains that
+# one, test_each_lr_regime_and_optimizer_learns).
+FINISHED_MODEL = dict(model="resnet8", lr=0.1)
 
 
 class _Crash(Exception):
@@ -63,7 +66,7 @@ FINISHED = pytest.mark.xdist_group("finished_run")
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "quick"
-    recipe = Recipe(epochs=2, output_dir=str(out), **{**QUICK, **SCHEDULED_DECAY})
+    recipe = Recipe(epochs=2, output_dir=str(out), **{**QUICK, **SCHEDULED_DECAY, **FINISHED_MODEL})
     traced = []
 
     def note_traced_variables(next_creator, **kwargs):
@@ -80,8 +83,9 @@ def finished_run(tmp_path_factory):
 def test_short_run_learns_far_above_chance(finished_run):
     _, result, _, _ = finished_run
     assert result.status == "completed"
-    assert result.test_accuracy > 0.6
-    assert result.best_val_accuracy > 0.6
+    # A ResNet-8 at width 0.5 after 2 epochs of 2700 images: 0.6 (chance 0.1).
+    assert result.test_accuracy > 0.45
+    assert result.best_val_accuracy > 0.45
     assert result.epochs_run == 2
     assert result.train_images_per_s > 0
 
@@ -217,9 +221,11 @@ def test_per_epoch_throughput_is_consistent_with_epoch_time(finished_run):
     assert np.isfinite([float(r["loss"]) for r in _history(out)]).all()
 
 
-# `pytest -m slow` trains each; the default run's is the finished run's scheduled decoupled
-# weight decay (test_short_run_learns_far_above_chance).
+# `pytest -m slow` trains each on the default ResNet-20, the recommended regime first; the
+# default run trains the finished run's scheduled decoupled weight decay on a ResNet-8
+# (test_short_run_learns_far_above_chance).
 @pytest.mark.parametrize("change", [
+    pytest.param({}, marks=pytest.mark.slow),
     pytest.param(dict(lr_schedule="gamma"), marks=pytest.mark.slow),
     pytest.param(dict(lr_schedule="cosine"), marks=pytest.mark.slow),
     pytest.param(dict(optimizer="sgd"), marks=pytest.mark.slow),
