@@ -13,6 +13,7 @@ import pytest
 from absl import app, flags
 from test_recipe import BAD_VALUES
 
+from tfmagic._quiet_start import shown_at_level
 from tfmagic.cli import parse_flags
 from tfmagic.cli import train as cli
 from tfmagic.recipe import Recipe, fields
@@ -92,6 +93,29 @@ def test_helpfull_documents_every_flag(capsys, monkeypatch):
         assert shown in stdout, field.name
         assert field.metadata["help"].split(";")[0][:40] in stdout.replace("\n    ", " ")
     assert "--[no]overwrite" in stdout
+
+
+# What TensorFlow writes to stderr while it loads, whatever TF_CPP_MIN_LOG_LEVEL says (two
+# copies of its logging library, each with absl's banner), with a warning that continues on
+# a second line and an error as its native log writes them.
+BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+ONEDNN = ("I0000 00:00:1796661762.640409   17409 port.cc:153] oneDNN custom operations are on."
+          "\n")
+CUDA = ("I0000 00:00:1796661762.640748   17409 cudart_stub.cc:31] Could not find cuda drivers on "
+        "your machine, GPU will not be used.\n")
+WARNING = ("W0000 00:00:1796661763.914854   17409 cpu_feature_guard.cc:227] This binary is "
+           "optimized for some CPU instructions.\nTo enable the following instructions: AVX2 "
+           "FMA, rebuild TensorFlow.\n")
+ERROR = ("E0000 00:00:1796661764.100000   17409 cuda_platform.cc:51] failed call to cuInit: "
+         "UNKNOWN ERROR (303)\n")
+LOADING = BANNER + ONEDNN + CUDA + BANNER + ONEDNN + CUDA + WARNING + ERROR
+
+
+@pytest.mark.parametrize("level,shown", [
+    ("3", ""), ("2", ERROR), ("1", WARNING + ERROR), ("0", LOADING), ("debug", LOADING),
+])
+def test_what_tensorflow_writes_while_it_loads_is_shown_by_its_level(level, shown):
+    assert shown_at_level(LOADING, level) == shown
 
 
 @pytest.fixture(scope="module")
