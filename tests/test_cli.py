@@ -95,20 +95,26 @@ def test_helpfull_documents_every_flag(capsys, monkeypatch):
     assert "--[no]overwrite" in stdout
 
 
-# What TensorFlow writes to stderr while it loads, whatever TF_CPP_MIN_LOG_LEVEL says (two
-# copies of its logging library, each with absl's banner), with a warning that continues on
-# a second line and an error as its native log writes them.
+# What TensorFlow 2.21 writes to stderr while it loads, whatever TF_CPP_MIN_LOG_LEVEL says
+# (two copies of its logging library, each with absl's banner; the CPU-feature note continues
+# on a second line), then a warning made the same shape and the error its native log writes
+# at the first tensor on a machine without a GPU.
 BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
 ONEDNN = ("I0000 00:00:1796661762.640409   17409 port.cc:153] oneDNN custom operations are on."
           "\n")
 CUDA = ("I0000 00:00:1796661762.640748   17409 cudart_stub.cc:31] Could not find cuda drivers on "
         "your machine, GPU will not be used.\n")
+FEATURES = ("I0000 00:00:1796664577.914854   23300 cpu_feature_guard.cc:227] This TensorFlow "
+            "binary is optimized to use available CPU instructions in performance-critical "
+            "operations.\nTo enable the following instructions: AVX2 AVX512F AVX512_VNNI "
+            "AVX512_BF16 AVX512_FP16 AVX_VNNI FMA, in other operations, rebuild TensorFlow with "
+            "the appropriate compiler flags.\n")
 WARNING = ("W0000 00:00:1796661763.914854   17409 cpu_feature_guard.cc:227] This binary is "
            "optimized for some CPU instructions.\nTo enable the following instructions: AVX2 "
            "FMA, rebuild TensorFlow.\n")
 ERROR = ("E0000 00:00:1796661764.100000   17409 cuda_platform.cc:51] failed call to cuInit: "
          "UNKNOWN ERROR (303)\n")
-LOADING = BANNER + ONEDNN + CUDA + BANNER + ONEDNN + CUDA + WARNING + ERROR
+LOADING = BANNER + ONEDNN + CUDA + FEATURES + BANNER + ONEDNN + CUDA + WARNING + ERROR
 
 
 @pytest.mark.parametrize("level,shown", [

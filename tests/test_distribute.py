@@ -312,8 +312,7 @@ def test_mixed_float16_with_every_part_learns(tmp_path):
     folder = _colour_folder(tmp_path / "colours", per_class=12, test_per_class=20)
     recipe = Recipe(dataset=f"folder:{folder}", model="resnet8", epochs=3, batch_size=8,
                     width=0.25, optimizer="adam", lr=0.01, augment="none", crop_scheme="none",
-                    seed=1,
-                    validation_fraction=0.1, precision="mixed_float16",
+                    seed=1, validation_fraction=0.1, precision="mixed_float16",
                     output_dir=str(tmp_path / "run"), **EVERY_PART)
     result = train(recipe, verbose=0)
     assert result.status == "completed"

@@ -20,7 +20,7 @@ import tempfile
 
 BINARIES = ("tfmagic-train", "tfmagic-checklist", "tfmagic-data")
 _SEVERITIES = "IWEF"            # absl's record prefixes: info, warning, error, fatal
-_RECORD = re.compile(r"^([IWEF])\d{4} ")
+_RECORD = re.compile(rf"^([{_SEVERITIES}])\d{{4}} ")
 _BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
@@ -36,20 +36,18 @@ def shown_at_level(text: str, level: str) -> str:
     """The part of ``text`` (what TensorFlow wrote while it loaded) that log level ``level``
     (a value of `TF_CPP_MIN_LOG_LEVEL`) shows: each record (``I0000 ...``, with the lines
     that continue it) at or above the level; absl's banner about messages logged before its
-    initialization goes with the records it introduces. A level that is not a digit 0-3
-    shows everything, as TensorFlow does not read it either."""
-    if level not in ("0", "1", "2", "3"):
+    initialization is shown at level 0 only. Level 0 shows everything, and so does a level
+    that is not a digit 0-3, as TensorFlow does not read it either."""
+    if level not in ("1", "2", "3"):
         return text
     minimum = int(level)
     shown, keep = [], True
     for line in text.splitlines(keepends=True):
+        if line.rstrip("\n") == _BANNER:
+            continue
         record = _RECORD.match(line)
         if record:
             keep = _SEVERITIES.index(record.group(1)) >= minimum
-        elif line.rstrip("\n") == _BANNER:
-            keep = minimum == 0
-            if not keep:
-                continue
         if keep:
             shown.append(line)
     return "".join(shown)
