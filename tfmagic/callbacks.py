@@ -278,7 +278,8 @@ def index_batches(size: int, batch_size: int, *, seed: int,
     check(is_int(first_epoch) and first_epoch >= 0, "first_epoch", first_epoch,
           "an integer >= 0")
     batches = data.index_batch_stream(size, batch_size, seed, train=True)
-    return batches(first_epoch).map(lambda number, positions, indices: indices)
+    return batches(first_epoch).map(
+        tf.autograph.experimental.do_not_convert(lambda number, positions, indices: indices))
 
 
 @keras.saving.register_keras_serializable(package="tfmagic")

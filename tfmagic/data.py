@@ -67,6 +67,12 @@ __all__ = [
     "write_tfrecords",
 ]
 
+# tf.data runs every function it is given through AutoGraph, which rewrites that function and
+# everything it calls: seconds for a pipeline with AutoAugment, the crops and the mixing.
+# tfmagic's pipeline functions branch in Python only on Python values (on tensors they use
+# tf.cond, tf.where and tf.switch_case), so each one handed to tf.data is traced as written.
+_as_written = tf.autograph.experimental.do_not_convert
+
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",
@@ -454,7 +460,7 @@ def _read_folder(
     decoded = np.zeros((count,), dtype=bool)
     dataset = tf.data.Dataset.from_tensor_slices((files, np.arange(count)))
     dataset = dataset.map(
-        lambda file, index: (_decode_image(file, size), index),
+        _as_written(lambda file, index: (_decode_image(file, size), index)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     ).ignore_errors()
@@ -564,7 +570,7 @@ def _undecodable_files(files: list[str]) -> list[tuple[str, str]]:
     count = len(files)
     decoded = np.zeros((count,), dtype=bool)
     dataset = tf.data.Dataset.from_tensor_slices((files, np.arange(count))).map(
-        lambda file, index: (tf.shape(decode(tf.io.read_file(file)))[0], index),
+        _as_written(lambda file, index: (tf.shape(decode(tf.io.read_file(file)))[0], index)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
     ).ignore_errors()
     for _, indices in dataset.batch(1024).as_numpy_iterator():
@@ -912,7 +918,8 @@ def _file_stats(files: np.ndarray, size: tuple[int, int],
     sample = files[np.sort(rng.permutation(len(files))[:_STATS_SAMPLE])]
     view = center_crop(1.0, size=size)
     dataset = tf.data.Dataset.from_tensor_slices(list(sample)).map(
-        lambda file: tf.cast(tf.round(view(decode(tf.io.read_file(file))[None])[0]), tf.uint8),
+        _as_written(lambda file: tf.cast(tf.round(view(decode(tf.io.read_file(file))[None])[0]),
+                                         tf.uint8)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
     )
     hists = np.zeros((3, 256), dtype=np.int64)
@@ -949,6 +956,7 @@ def index_batch_stream(count: int, batch_size: int, seed: int,
         indices = order if first_epoch is None else order.repeat().skip(first_epoch * steps)
         numbered = indices.enumerate(start=(first_epoch or 0) * steps)
 
+        @_as_written
         def part(number, batch):
             positions = tf.range(tf.size(batch, out_type=tf.int64), dtype=tf.int64)
             return number, positions[worker::workers], batch[worker::workers]
@@ -990,8 +998,8 @@ def _epochs(count: int, batch_size: int, seed: int, train: bool,
         numbered = tf.data.Dataset.zip(indices(first_epoch, worker, workers),
                                        _streams(seed, first_epoch is None and train))
         dataset = numbered.map(
-            lambda batch, stream: prepare(
-                _augment_key(_base_key(seed, stream), batch[0], worker), batch[2]),
+            _as_written(lambda batch, stream: prepare(
+                _augment_key(_base_key(seed, stream), batch[0], worker), batch[2])),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
 
@@ -1134,6 +1142,7 @@ def _file_pipeline(
     index_batches = index_batch_stream(count, batch_size, seed, train)
     cropping = train and crop_scale is not None
 
+    @_as_written
     def load_one(stream, number, position, index):
         contents = tf.io.read_file(files_t[index])
         if cropping:
@@ -1147,16 +1156,19 @@ def _file_pipeline(
 
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:
+        @_as_written
         def part_size(number):
             whole = tf.where(number % steps < steps - 1, tf.constant(batch_size, tf.int64),
                              tf.constant(count - batch_size * (steps - 1), tf.int64))
             return (whole - worker + workers - 1) // workers
 
+        @_as_written
         def each(batch, stream):
             number, positions, indices = batch
             n = tf.size(indices, out_type=tf.int64)
             return tf.fill([n], stream), tf.fill([n], number), positions, indices
 
+        @_as_written
         def finished(streams, numbers, x, y):
             key = _augment_key(_base_key(seed, streams[0]), numbers[0], worker)
             return _finish(x, y, key=key, train=train, **finish)
@@ -1168,8 +1180,8 @@ def _file_pipeline(
         ).map(each).unbatch().map(
             load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         ).group_by_window(
-            key_func=lambda stream, number, image, label: number,
-            reduce_func=lambda number, window: window.batch(part_size(number)),
+            key_func=_as_written(lambda stream, number, image, label: number),
+            reduce_func=_as_written(lambda number, window: window.batch(part_size(number))),
             window_size_func=part_size,
         ).map(finished, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if first_epoch is None:
@@ -1195,18 +1207,20 @@ def _record_reader(source: records.Source, index: records.Index, rows: np.ndarra
     offsets = tf.constant(np.concatenate([[0], np.cumsum(index.counts)[:-1]]), tf.int64)
     paths = tf.constant(list(source.shards), tf.string)
 
+    @_as_written
     def shard_records(shard):
         first = tf.gather(offsets, shard)
         return tf.data.TFRecordDataset(tf.gather(paths, shard)).enumerate().filter(
-            lambda position, _: tf.gather(member_t, first + position)
-        ).map(lambda _, record: record)
+            _as_written(lambda position, _: tf.gather(member_t, first + position))
+        ).map(_as_written(lambda _, record: record))
 
     def read(shards: tf.data.Dataset) -> tf.data.Dataset:
         return shards.interleave(
             shard_records, cycle_length=_SHARDS_AT_ONCE, block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        ).map(source.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).map(
-            lambda image, label: (image, tf.cast(label - source.label_base, tf.int32)))
+        ).map(_as_written(source.parse), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True).map(
+            _as_written(lambda image, label: (image, tf.cast(label - source.label_base, tf.int32))))
 
     return read, np.unique(index.shard[rows]).astype(np.int64)
 
@@ -1243,6 +1257,7 @@ def _record_pipeline(
     buffer = min(len(rows), _SHUFFLE_RECORDS)
     steps = math.ceil(len(rows) / batch_size)
 
+    @_as_written
     def whole(image, label):
         return view(decode(image)[None])[0], label
 
@@ -1251,7 +1266,7 @@ def _record_pipeline(
             images = read(tf.data.Dataset.from_tensor_slices(shards)).map(
                 whole, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return images.batch(batch_size).map(
-                lambda x, y: _finish(x, y, key=None, train=False, **finish),
+                _as_written(lambda x, y: _finish(x, y, key=None, train=False, **finish)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).apply(
                 tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
         return evaluation
@@ -1265,6 +1280,7 @@ def _record_pipeline(
         else:
             images = read(ordered).shard(workers, worker)
 
+        @_as_written
         def mixed(block_number, block):
             image, label = block
             draws = tf.random.stateless_uniform(
@@ -1275,6 +1291,7 @@ def _record_pipeline(
 
         images = images.batch(buffer).enumerate().map(mixed).unbatch().enumerate()
 
+        @_as_written
         def load_one(j, example):
             image, label = example
             key = tf.random.experimental.stateless_fold_in(epoch_seed, j)
@@ -1284,17 +1301,18 @@ def _record_pipeline(
 
         images = images.map(load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return images.batch(math.ceil(batch_size / workers)).enumerate().map(
-            lambda b, batch: _finish(*batch, key=_augment_key(epoch_seed, b, worker),
-                                     train=True, **finish),
+            _as_written(lambda b, batch: _finish(*batch, key=_augment_key(epoch_seed, b, worker),
+                                                 train=True, **finish)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:
         if first_epoch is not None:
             return tf.data.Dataset.counter(start=first_epoch).flat_map(
-                lambda number: epoch(number, worker, workers)).prefetch(tf.data.AUTOTUNE)
+                _as_written(lambda number: epoch(number, worker, workers))).prefetch(
+                tf.data.AUTOTUNE)
         number = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-        return number.flat_map(lambda number: epoch(number, 0, 1)).apply(
+        return number.flat_map(_as_written(lambda number: epoch(number, 0, 1))).apply(
             tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
 
     return batches
@@ -1311,7 +1329,7 @@ def _record_stats(source: records.Source, index: records.Index, rows: np.ndarray
     read, shards = _record_reader(source, index, sample)
     view = center_crop(1.0, size=size)
     images = read(tf.data.Dataset.from_tensor_slices(shards)).map(
-        lambda image, _: tf.cast(tf.round(view(decode(image)[None])[0]), tf.uint8),
+        _as_written(lambda image, _: tf.cast(tf.round(view(decode(image)[None])[0]), tf.uint8)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     hists = np.zeros((3, 256), dtype=np.int64)
     for batch in images.batch(64).as_numpy_iterator():

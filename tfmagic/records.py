@@ -225,10 +225,13 @@ def _key(source: Source) -> str:
 def _records(source: Source) -> tf.data.Dataset:
     """``(shard, position, label, height)`` of every record of every shard, read, parsed and
     decoded in parallel; records that fail to parse or decode are dropped."""
+    @tf.autograph.experimental.do_not_convert
     def read(shard, path):
         return tf.data.TFRecordDataset(path).enumerate().map(
-            lambda position, record: (shard, position, record))
+            tf.autograph.experimental.do_not_convert(
+                lambda position, record: (shard, position, record)))
 
+    @tf.autograph.experimental.do_not_convert
     def inspect(shard, position, record):
         image, label = source.parse(record)
         return shard, position, label - source.label_base, tf.shape(decode(image))[0]
@@ -309,9 +312,11 @@ def _unreadable_shard(source: Source, error: tf.errors.OpError) -> RecordError:
 def _records_read(source: Source) -> tf.data.Dataset:
     """``(shard, position, label, height)`` of every record that can be read at all: the
     label is -1 and nothing is parsed or decoded."""
+    @tf.autograph.experimental.do_not_convert
     def read(shard, path):
         return tf.data.TFRecordDataset(path).enumerate().map(
-            lambda position, _: (shard, position, tf.constant(-1, tf.int64), tf.constant(-1)))
+            tf.autograph.experimental.do_not_convert(
+                lambda position, _: (shard, position, tf.constant(-1, tf.int64), tf.constant(-1))))
 
     paths = tf.data.Dataset.from_tensor_slices(
         (np.arange(len(source.shards), dtype=np.int64), list(source.shards)))

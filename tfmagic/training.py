@@ -451,6 +451,7 @@ def _build_compiled_state(model: keras.Model, batches: tf.data.Dataset, auxiliar
     model.optimizer.build(model.trainable_variables)
 
 
+@tf.autograph.experimental.do_not_convert
 def _duplicate_labels(images: tf.Tensor, labels: tf.Tensor):
     return images, (labels, labels)
 

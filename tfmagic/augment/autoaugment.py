@@ -267,13 +267,13 @@ def sample_decisions(batch_size, generator: tf.random.Generator,
 
 
 # Floating images: one fused pass each way (plain TF ops would take several).
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _to_levels(images, low, high):
     x = (tf.cast(images, tf.float32) - low) * (255.0 / (high - low))
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _from_levels(levels, images, touched, low, high):
     """``levels`` mapped back to ``value_range``; the untouched images as they came."""
     back = tf.cast(tf.cast(levels, tf.float32) * ((high - low) / 255.0) + low, images.dtype)
