@@ -4,17 +4,20 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from test_checklist_report import make_checklist
 
 from tfmagic.checklist import report, runner
+from tfmagic.checklist.executors import Job, LocalExecutor, Slot
 from tfmagic.checklist.trials import (
     EXTENDED_TRIAL_NAMES,
     TRIAL_NAMES,
@@ -22,7 +25,7 @@ from tfmagic.checklist.trials import (
     Trial,
     checklist_trials,
 )
-from tfmagic.recipe import Recipe
+from tfmagic.recipe import Recipe, RecipeError
 from tfmagic.training import train
 
 # Module fixtures (real runs) are shared by several tests: they run in one test process.
@@ -122,15 +125,18 @@ def test_a_trial_the_baseline_cannot_run_is_skipped_before_anything_starts(tmp_p
 # keras.applications model); `test_every_trial_trains` trains them all.
 FEW_TRIALS = ["lr_cosine", "pretrained"]
 BOOM = Trial("boom", "boom", "a learning rate that diverges", {"lr": 1e12})
+# Trained after three other runs in its worker, one of them diverged, and then alone.
+LAST = Trial("lr_half", "lr", "half the learning rate", {"lr": 0.05})
+CHECKLIST_TRIALS = [*FEW_TRIALS, BOOM, LAST]
 
 
 @pytest.fixture(scope="module")
 def checklist_run(tmp_path_factory):
-    """A few trials of the checklist on a Fashion-MNIST subset, 2 workers, plus a trial that
-    diverges."""
+    """A few trials of the checklist on a Fashion-MNIST subset, plus a trial that diverges,
+    all four runs in one warm worker."""
     out = tmp_path_factory.mktemp("checklist") / "out"
-    result = runner.run(Recipe(**QUICK), str(out), workers=2, seeds=1,
-                        trials=[*FEW_TRIALS, BOOM], progress=None)
+    result = runner.run(Recipe(**QUICK), str(out), workers=1, seeds=1,
+                        trials=CHECKLIST_TRIALS, progress=None)
     return result, out
 
 
@@ -145,7 +151,7 @@ def test_every_trial_trains(tmp_path):
 
 def test_real_checklist_writes_every_result_and_report_row(checklist_run):
     result, out = checklist_run
-    expected = ["baseline", *[n for n in FEW_TRIALS if n != "pretrained"], "boom"]
+    expected = ["baseline", *[n for n in FEW_TRIALS if n != "pretrained"], "boom", "lr_half"]
     for name in expected:
         run_dir = out / "trials" / name / "seed0"
         assert (run_dir / "result.json").exists(), name
@@ -170,7 +176,7 @@ def test_real_checklist_writes_every_result_and_report_row(checklist_run):
         rows = list(csv.DictReader(f))
     by_name = {row["name"]: row for row in rows}
     assert set(by_name) == {*expected, "pretrained"}
-    for name in expected[:-1]:
+    for name in ("baseline", "lr_cosine", "lr_half"):
         saved = json.loads((out / "trials" / name / "seed0" / "result.json").read_text())
         assert float(by_name[name]["test_accuracy_mean"]) == pytest.approx(
             saved["test_accuracy"], abs=1e-6)
@@ -181,6 +187,63 @@ def test_real_checklist_writes_every_result_and_report_row(checklist_run):
     assert baseline_result["test_accuracy"] > 0.25
     plan = json.loads((out / "plan.json").read_text())
     assert [t["name"] for t in plan["trials"]] == expected
+
+
+def test_a_run_trained_fourth_in_a_warm_worker_equals_the_run_trained_alone(checklist_run,
+                                                                          tmp_path):
+    """The worker trained the four runs one after another, and its fourth equals the same
+    flagfile trained by tfmagic-train in a process of its own, with the same threads."""
+    _, out = checklist_run
+    keys = ["baseline-seed0", "lr_cosine-seed0", "boom-seed0", "lr_half-seed0"]
+    heads = [re.match(r"tfmagic worker (\d+): run (\d+) of this process",
+                      (out / "logs" / f"{key}.log").read_text()).groups() for key in keys]
+    assert heads == [(heads[0][0], str(number)) for number in (1, 2, 3, 4)]
+
+    alone = tmp_path / "alone"
+    slot = Slot(tuple(sorted(os.sched_getaffinity(0))), None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tfmagic.cli.train",
+         f"--flagfile={out / 'commands' / 'lr_half-seed0.cfg'}", f"--output_dir={alone}"],
+        capture_output=True, text=True, env=slot.environment(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fourth = out / "trials" / "lr_half" / "seed0"
+    with open(fourth / "history.csv") as f, open(alone / "history.csv") as g:
+        in_worker, by_itself = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert len(in_worker) == len(by_itself) == QUICK["epochs"]
+    for row, other in zip(in_worker, by_itself, strict=True):
+        for column in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+            assert float(row[column]) == pytest.approx(float(other[column]), rel=1e-6), column
+    worker_result = json.loads((fourth / "result.json").read_text())
+    alone_result = json.loads((alone / "result.json").read_text())
+    for field in ("test_accuracy", "test_loss", "best_val_accuracy"):
+        assert worker_result[field] == pytest.approx(alone_result[field], rel=1e-6), field
+
+
+def test_a_worker_is_replaced_after_its_runs_and_says_what_the_binary_says(tmp_path):
+    """Three runs whose flagfile has a bad value, two runs a worker: the first worker answers
+    two with the binary's exit status and last line, and a second worker takes the third."""
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    jobs = [Job(Trial("bad", "bad", "epochs=0", {}), k, Recipe(), str(out)) for k in range(3)]
+    for job in jobs:
+        os.makedirs(os.path.dirname(job.flagfile), exist_ok=True)
+        with open(job.flagfile, "w") as f:
+            f.write("--epochs=0\n")
+    with pytest.raises(RecipeError) as refused:
+        Recipe(epochs=0)
+    slot = Slot(tuple(sorted(os.sched_getaffinity(0))), None)
+    executor = LocalExecutor([slot], runs_per_worker=2)
+    try:
+        outcomes = executor.execute(jobs, runner._Progress(None, 1))
+    finally:
+        executor.close()
+    said = f"--{refused.value.field}={refused.value.value}: {refused.value.allowed}"
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("failed", f"crashed (exit 1): {said}")] * 3
+    heads = [re.match(r"tfmagic worker (\d+): run (\d+) of this process",
+                      Path(job.log_file).read_text()).groups() for job in jobs]
+    assert [number for _, number in heads] == ["1", "2", "1"]
+    assert heads[0][0] == heads[1][0] != heads[2][0]
 
 
 def test_best_cfg_parses_and_trains(checklist_run, tmp_path):
@@ -198,7 +261,7 @@ def test_finished_checklist_is_not_redone_and_report_only(checklist_run):
     result, out = checklist_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").rglob("*") if p.is_file()}
     again = runner.run(Recipe(**QUICK), str(out), workers=2, seeds=1,
-                       trials=[*FEW_TRIALS, BOOM], progress=None)
+                       trials=CHECKLIST_TRIALS, progress=None)
     assert {o.key for o in again.completed} == {o.key for o in result.completed}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     with pytest.raises(runner.ChecklistError, match="another baseline"):
@@ -229,6 +292,12 @@ def test_kill_9_then_the_same_command_continues(tmp_path):
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    worker = int(re.match(r"tfmagic worker (\d+):",
+                          (out / "logs" / "ls_0-seed0.log").read_text()).group(1))
+    deadline = time.time() + 30                  # the worker dies with the runner
+    while time.time() < deadline and os.path.exists(f"/proc/{worker}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{worker}")
     assert not (second / "result.json").exists()
     first = out / "trials" / "baseline" / "seed0"
     stamps = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
@@ -383,13 +452,19 @@ def ray_cluster():
 @pytest.mark.slow
 def test_ray_runner_on_a_local_cluster(ray_cluster, tmp_path):
     out = tmp_path / "ray_out"
-    result = runner.run(Recipe(**QUICK), str(out), trials=["ls_0"], seeds=1,
+    result = runner.run(Recipe(**QUICK), str(out), trials=["ls_0"], seeds=2,
                         runner="ray", ray_address=ray_cluster, progress=None)
-    assert sorted(o.key for o in result.completed) == ["baseline-seed0", "ls_0-seed0"]
+    keys = [f"{name}-seed{k}" for name in ("baseline", "ls_0") for k in range(2)]
+    assert sorted(o.key for o in result.completed) == keys
     for name in ("baseline", "ls_0"):
         saved = json.loads((out / "trials" / name / "seed0" / "result.json").read_text())
         assert saved["status"] == "completed"
     assert (out / "report.md").exists()
+    # two actors (a CPU each), each with a warm worker that trained two runs
+    heads = [re.match(r"tfmagic worker (\d+): run (\d+) of this process",
+                      (out / "logs" / f"{key}.log").read_text()).groups() for key in keys]
+    assert len({worker for worker, _ in heads}) == 2
+    assert sorted(number for _, number in heads) == ["1", "1", "2", "2"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """A new trick is one class, one registry entry and one trial, and then it is everywhere:
-a flag value, a trained run, the checklist (whose runs are separate processes).
+a flag value, a trained run, the checklist (whose runs are trained by worker processes).
 
 The trick lives in a module of its own, as a user's would, named in ``TFMAGIC_PLUGINS``; the
 scenario runs in a fresh process so that the registration does not leak into other tests.
@@ -8,6 +8,7 @@ scenario runs in a fresh process so that the registration does not leak into oth
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,11 +17,25 @@ import numpy as np
 import pytest
 
 PLUGIN = '''
+import tensorflow as tf
 from keras import ops
 
 from tfmagic.checklist.trials import EXTENDED_TRIALS, choose
 from tfmagic.choices import LR_SCHEDULES
 from tfmagic.schedules import WarmupSchedule
+
+
+class Aborting(WarmupSchedule):
+    """Aborts the process natively (TensorFlow's Abort op) when it is first computed."""
+
+    def _decay(self, steps, dtype):
+        with tf.control_dependencies([tf.raw_ops.Abort(error_msg="the plugin's abort")]):
+            return ops.cast(self.peak_lr, dtype)
+
+
+LR_SCHEDULES.register("aborting", help="aborts the process",
+                      build=lambda r, total, warmup, peak, floor: Aborting(peak, total, warmup))
+EXTENDED_TRIALS.register("lr_aborting", choose("lr_schedule", "aborting", "lr"), help="aborts")
 
 
 class LinearDecay(WarmupSchedule):
@@ -31,6 +46,7 @@ class LinearDecay(WarmupSchedule):
 LR_SCHEDULES.register("linear", help="linear decay to 0",
                       build=lambda r, total, warmup, peak, floor: LinearDecay(peak, total, warmup))
 EXTENDED_TRIALS.register("lr_linear", choose("lr_schedule", "linear", "lr"), help="linear decay")
+
 '''
 
 SCENARIO = '''
@@ -52,11 +68,11 @@ small = dict(dataset="folder:" + folder, validation_fraction=0.25, epochs=2, bat
              model="resnet8", se=False, width=0.25, warmup_epochs=0.5, augment="none",
              weight_decay_schedule="lr")
 checklist = runner.run(recipe_lib.Recipe(**small), os.path.join(out, "checklist"),
-                       trials=["lr_linear"], seeds=1, workers=2, progress=None)
+                       trials=["lr_aborting", "lr_linear"], seeds=1, workers=1, progress=None)
 print(json.dumps({
     "help": values["lr_schedule"].help,
     "parsed": parsed.lr_schedule,
-    "outcomes": {o.key: o.status for o in checklist.outcomes},
+    "outcomes": {o.key: [o.status, o.reason] for o in checklist.outcomes},
 }))
 '''
 
@@ -96,8 +112,21 @@ def test_a_new_schedule_is_a_flag_value_a_trained_run_and_a_checklist_trial(tmp_
     assert said["parsed"] == "linear"
     assert "linear: linear decay to 0" in said["help"]
 
-    # the checklist: its runs are processes of their own, which load the plugin too
-    assert said["outcomes"] == {"baseline-seed0": "completed", "lr_linear-seed0": "completed"}
+    # the checklist: its runs are trained by a worker process, which loads the plugin too;
+    # the run that aborts the process natively (the second, in the order of registration)
+    # fails alone, and a new worker trains the next
+    assert said["outcomes"] == {"baseline-seed0": ["completed", ""],
+                                "lr_aborting-seed0": ["failed", "killed by SIGABRT"],
+                                "lr_linear-seed0": ["completed", ""]}
+    logs = {key: (tmp_path / "checklist" / "logs" / f"{key}.log").read_text()
+            for key in said["outcomes"]}
+    assert "the plugin's abort" in logs["lr_aborting-seed0"]
+    workers = {key: re.match(r"tfmagic worker (\d+): run (\d+) of this process", text).groups()
+               for key, text in logs.items()}
+    assert workers["baseline-seed0"] == (workers["baseline-seed0"][0], "1")
+    assert workers["lr_aborting-seed0"] == (workers["baseline-seed0"][0], "2")
+    assert workers["lr_linear-seed0"][1] == "1"
+    assert workers["lr_linear-seed0"][0] != workers["baseline-seed0"][0]
     trial_dir = tmp_path / "checklist" / "trials" / "lr_linear" / "seed0"
     with open(trial_dir / "recipe.cfg") as f:
         assert "--lr_schedule=linear\n" in f.read()

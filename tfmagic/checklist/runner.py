@@ -28,16 +28,20 @@ Every run process dies with the runner (``PR_SET_PDEATHSIG`` on Linux), so a kil
 leaves no orphan writing into a run directory, and a lock file keeps a second runner out of
 the same ``out_dir``.
 
-Runners (`tfmagic.checklist.executors`): ``"local"`` starts ``workers`` processes at a time.
-With GPUs each worker gets its own ``gpus_per_trial`` GPUs (``CUDA_VISIBLE_DEVICES``);
-without, the CPU cores are shared out between the workers (CPU affinity and TensorFlow's
-thread counts). ``"ray"`` submits every run as a Ray task (``gpus_per_trial`` GPUs each where
+Runners (`tfmagic.checklist.executors`): ``"local"`` trains ``workers`` runs at a time, each
+worker a warm process that loads TensorFlow once and trains ``runs_per_worker`` runs one after
+another before a new one replaces it (the run directories and logs are those of separate
+``tfmagic-train`` processes; a run that crashes its worker fails alone). With GPUs each
+worker gets its own ``gpus_per_trial`` GPUs (``CUDA_VISIBLE_DEVICES``); without, the CPU
+cores are shared out between the workers (CPU affinity and TensorFlow's thread counts).
+``"ray"`` submits every run as a Ray task (``gpus_per_trial`` GPUs each where
 the cluster has GPUs) to a cluster, ``ray_address``; ``out_dir`` must then be on a file system
 every node sees.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -54,6 +58,7 @@ from tfmagic.checklist import report as report_lib
 from tfmagic.checklist import stats
 from tfmagic.checklist.best import best_recipe
 from tfmagic.checklist.executors import (
+    RUNS_PER_WORKER,
     ChecklistError,
     Executor,
     Job,
@@ -224,6 +229,7 @@ def run(
     runner: str = "local",
     ray_address: str | None = None,
     gpus_per_trial: int = 1,
+    runs_per_worker: int = RUNS_PER_WORKER,
     progress: TextIO | None = sys.stdout,
 ) -> ChecklistResult:
     """Train the baseline and the trials, then write the report into ``out_dir``.
@@ -249,6 +255,8 @@ def run(
             joins a local one.
         gpus_per_trial: GPUs each run gets (its recipe's ``strategy=auto`` then mirrors over
             them); the local runner hands out disjoint sets, Ray asks for that many.
+        runs_per_worker: the runs a worker process trains one after another (loading
+            TensorFlow once) before a new one replaces it; 1 for a fresh process per run.
         progress: where to write the progress bar and each run's result; None for silence.
             On a terminal the bar redraws in place; elsewhere (a log) it prints lines.
 
@@ -267,11 +275,13 @@ def run(
     if workers is None:
         workers = default_workers(gpus_per_trial)
     check(is_int(workers) and workers >= 1, "workers", workers, "an integer >= 1")
+    check(is_int(runs_per_worker) and runs_per_worker >= 1, "runs_per_worker",
+          runs_per_worker, "an integer >= 1")
     started = time.perf_counter()
     baseline, notes = with_validation(baseline)
     first = FIRST_SEEDS if seeds == AUTO else seeds
     jobs, skipped = plan(baseline, out_dir, seeds=first, trials=trials, extended=extended)
-    executor = _executor(runner, workers, ray_address, gpus_per_trial)
+    executor = _executor(runner, workers, ray_address, gpus_per_trial, runs_per_worker)
     out = _make_out_dir(out_dir)
     policy = {"seeds": seeds, "min_effect": min_effect, "max_seeds": max_seeds}
     for note in notes:
@@ -280,7 +290,7 @@ def run(
         _say(progress, f"{len(jobs)} runs{' to start with' if seeds == AUTO else ''}, "
                        f"{workers} at a time, {_slots_text(_slots(workers, gpus_per_trial))}")
     live = _Progress(progress, workers)
-    with _exclusive(out):
+    with _exclusive(out), contextlib.closing(executor):
         trial_list = list({job.trial.name: job.trial for job in jobs}.values())
         counts = {trial.name: first for trial in trial_list}
         if seeds == AUTO:
@@ -424,11 +434,11 @@ def _exclusive(out: str):
 # --------------------------------------------------------------------------------- execution
 
 
-def _executor(runner: str, workers: int, ray_address: str | None,
-              gpus_per_trial: int) -> Executor:
+def _executor(runner: str, workers: int, ray_address: str | None, gpus_per_trial: int,
+              runs_per_worker: int) -> Executor:
     if runner == "ray":
-        return RayExecutor(ray_address, gpus_per_trial)
-    return LocalExecutor(_slots(workers, gpus_per_trial))
+        return RayExecutor(ray_address, gpus_per_trial, runs_per_worker)
+    return LocalExecutor(_slots(workers, gpus_per_trial), runs_per_worker)
 
 
 def _gpu_ids() -> list[str]:

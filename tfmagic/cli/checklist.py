@@ -52,6 +52,9 @@ flags.DEFINE_integer("gpus_per_trial", 1, "GPUs each run gets (the recipe's stra
                      "mirrors over them); workers get disjoint sets.", lower_bound=1)
 flags.DEFINE_enum("runner", "local", ["local", "ray"], "Run the trials as local processes or "
                   "as tasks on a Ray cluster (pip install 'tfmagic[ray]').")
+flags.DEFINE_integer("runs_per_worker", runner.RUNS_PER_WORKER, "The runs a worker process "
+                     "trains one after another, loading TensorFlow once, before a new one "
+                     "replaces it; 1 for a fresh process per run.", lower_bound=1)
 flags.DEFINE_string("ray_address", None, "Address of an existing Ray cluster (runner=ray); "
                     "default: start or join a local one.")
 flags.DEFINE_bool("print_commands", False, "Write the flagfiles and print one tfmagic-train "
@@ -105,6 +108,7 @@ def main(argv: list[str]) -> int:
             min_effect=FLAGS.min_effect / 100, max_seeds=FLAGS.max_seeds, trials=FLAGS.trials,
             extended=FLAGS.extended, confirm=FLAGS.confirm, runner=FLAGS.runner,
             ray_address=FLAGS.ray_address, gpus_per_trial=FLAGS.gpus_per_trial,
+            runs_per_worker=FLAGS.runs_per_worker,
         )
     except ValueError as error:
         raise app.UsageError(str(error)) from None
