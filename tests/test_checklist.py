@@ -219,12 +219,15 @@ def test_a_run_trained_fourth_in_a_warm_worker_equals_the_run_trained_alone(chec
         assert worker_result[field] == pytest.approx(alone_result[field], rel=1e-6), field
 
 
-def test_a_worker_is_replaced_after_its_runs_and_says_what_the_binary_says(tmp_path):
-    """Three runs whose flagfile has a bad value, two runs a worker: the first worker answers
-    two with the binary's exit status and last line, and a second worker takes the third."""
+def test_a_worker_is_replaced_after_its_runs_or_above_its_memory_and_says_what_the_binary_says(
+        tmp_path):
+    """Six runs whose flagfile has a bad value. Three runs a worker: the first worker answers
+    three with the binary's exit status and last line, a second takes the fourth; that one is
+    kept for the next call of `execute`, where a memory limit below any process's makes each
+    answer its worker's last: the second worker's next run ends it, a third takes the last."""
     out = tmp_path / "out"
     (out / "logs").mkdir(parents=True)
-    jobs = [Job(Trial("bad", "bad", "epochs=0", {}), k, Recipe(), str(out)) for k in range(3)]
+    jobs = [Job(Trial("bad", "bad", "epochs=0", {}), k, Recipe(), str(out)) for k in range(6)]
     for job in jobs:
         os.makedirs(os.path.dirname(job.flagfile), exist_ok=True)
         with open(job.flagfile, "w") as f:
@@ -232,18 +235,22 @@ def test_a_worker_is_replaced_after_its_runs_and_says_what_the_binary_says(tmp_p
     with pytest.raises(RecipeError) as refused:
         Recipe(epochs=0)
     slot = Slot(tuple(sorted(os.sched_getaffinity(0))), None)
-    executor = LocalExecutor([slot], runs_per_worker=2)
+    executor = LocalExecutor([slot], runs_per_worker=3)
     try:
-        outcomes = executor.execute(jobs, runner._Progress(None, 1))
+        outcomes = executor.execute(jobs[:4], runner._Progress(None, 1))
+        executor.worker_memory = 1
+        outcomes += executor.execute(jobs[4:], runner._Progress(None, 1))
     finally:
         executor.close()
     said = f"--{refused.value.field}={refused.value.value}: {refused.value.allowed}"
     assert [(o.status, o.reason) for o in outcomes] == [
-        ("failed", f"crashed (exit 1): {said}")] * 3
+        ("failed", f"crashed (exit 1): {said}")] * 6
     heads = [re.match(r"tfmagic worker (\d+): run (\d+) of this process",
                       Path(job.log_file).read_text()).groups() for job in jobs]
-    assert [number for _, number in heads] == ["1", "2", "1"]
-    assert heads[0][0] == heads[1][0] != heads[2][0]
+    assert [number for _, number in heads] == ["1", "2", "3", "1", "2", "1"]
+    workers = [worker for worker, _ in heads]
+    assert workers[0] == workers[1] == workers[2] != workers[3] == workers[4] != workers[5]
+    assert workers[5] != workers[0]
 
 
 def test_best_cfg_parses_and_trains(checklist_run, tmp_path):
