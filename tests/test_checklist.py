@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_checklist_report import make_checklist
 
-from tfmagic.checklist import report, runner
+from tfmagic.checklist import executors, report, runner
 from tfmagic.checklist.executors import Job, LocalExecutor, Slot
 from tfmagic.checklist.trials import (
     EXTENDED_TRIAL_NAMES,
@@ -251,6 +251,32 @@ def test_a_worker_is_replaced_after_its_runs_or_above_its_memory_and_says_what_t
     workers = [worker for worker, _ in heads]
     assert workers[0] == workers[1] == workers[2] != workers[3] == workers[4] != workers[5]
     assert workers[5] != workers[0]
+
+
+FAULTHANDLER_LOG = """tfmagic worker 41: run 2 of this process, peak resident memory so far 700 MiB
+Epoch 1/2
+Fatal Python error: Aborted
+
+Current thread 0x00007f0d (most recent call first):
+  File "/x/keras/trainer.py", line 1 in fit
+
+Extension modules: numpy.core._multiarray_umath, tensorflow (total: 2)
+"""
+
+
+@pytest.mark.parametrize("returncode,log,reason", [
+    (-6, FAULTHANDLER_LOG, "killed by SIGABRT: Fatal Python error: Aborted"),
+    (-9, "", "killed by SIGKILL (out of memory?)"),
+    (1, "Traceback (most recent call last):\nValueError: no", "crashed (exit 1): ValueError: no"),
+])
+def test_a_failed_run_is_recorded_with_its_message_and_last_lines(tmp_path, returncode, log,
+                                                                  reason):
+    job = Job(Trial("t", "t", "t", {}), 0, Recipe(), str(tmp_path))
+    outcome = executors.finish(job, returncode, log, 3.0)
+    assert (outcome.status, outcome.reason, outcome.seconds) == ("failed", reason, 3.0)
+    recorded = json.loads((Path(job.run_dir) / "failure.json").read_text())
+    assert recorded == {"status": "failed", "reason": reason,
+                        "last_lines": [line for line in log.splitlines() if line.strip()]}
 
 
 def test_best_cfg_parses_and_trains(checklist_run, tmp_path):

@@ -25,6 +25,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -41,6 +42,13 @@ from tfmagic.recipe import Recipe
 from tfmagic.rundir import RunOutcome
 
 _LOG_TAIL = 4000
+# The last lines of a failed run's log kept in its failure.json.
+_FAILURE_LINES = 20
+# The lines of a stack trace that a native crash writes after its message (absl's check
+# failure, Python's faulthandler): the reason quotes the message, not a frame.
+_STACK_LINE = re.compile(
+    r"^(\s*@\s+0x[0-9a-f]+|\*\*\* Check failure stack trace: \*\*\*|\s+File \"|"
+    r"(Current thread|Thread) 0x[0-9a-f]+ |Extension modules: )")
 # A local worker is replaced after this many runs, a bound on what a leak can grow to (and
 # above its peak resident memory limit: `LocalExecutor`).
 RUNS_PER_WORKER = 25
@@ -123,7 +131,8 @@ def prepare(job: Job) -> None:
 
 
 def finish(job: Job, returncode: int, log_tail: str, seconds: float) -> RunOutcome:
-    """Turn a finished process into an outcome; record failures in failure.json."""
+    """Turn a finished run into an outcome; record a failure in failure.json with its reason
+    (the exit status or signal and the log's last line) and the log's last lines."""
     state = job_state(job)
     if state is not None and state.status != "skipped":
         return dataclasses.replace(state, seconds=state.seconds or seconds)
@@ -133,14 +142,18 @@ def finish(job: Job, returncode: int, log_tail: str, seconds: float) -> RunOutco
         name = signal.Signals(-returncode).name
         status = "failed"
         reason = f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+        said = "\n".join(line for line in log_tail.splitlines() if not _STACK_LINE.match(line))
+        if said.strip():
+            reason += f": {_last_line(said)}"
     else:
         status = "failed"
         last = _last_line(log_tail)
         memory = "ResourceExhausted" in log_tail or "MemoryError" in log_tail
         reason = ("out of memory: " if memory else f"crashed (exit {returncode}): ") + last
     os.makedirs(job.run_dir, exist_ok=True)
+    lines = [line for line in log_tail.splitlines() if line.strip()][-_FAILURE_LINES:]
     write_atomic(os.path.join(job.run_dir, rundir.FAILURE_FILE),
-                 json.dumps({"status": status, "reason": reason}) + "\n")
+                 json.dumps({"status": status, "reason": reason, "last_lines": lines}) + "\n")
     return RunOutcome(job.key, status, reason, seconds)
 
 
