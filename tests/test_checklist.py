@@ -4,7 +4,6 @@ import csv
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from test_checklist_report import make_checklist
+from worker_logs import trained_by
 
 from tfmagic.checklist import executors, report, runner
 from tfmagic.checklist.executors import Job, LocalExecutor, Slot
@@ -195,8 +195,7 @@ def test_a_run_trained_fourth_in_a_warm_worker_equals_the_run_trained_alone(chec
     flagfile trained by tfmagic-train in a process of its own, with the same threads."""
     _, out = checklist_run
     keys = ["baseline-seed0", "lr_cosine-seed0", "boom-seed0", "lr_half-seed0"]
-    heads = [re.match(r"tfmagic worker (\d+): run (\d+) of this process",
-                      (out / "logs" / f"{key}.log").read_text()).groups() for key in keys]
+    heads = [trained_by(out / "logs" / f"{key}.log") for key in keys]
     assert heads == [(heads[0][0], str(number)) for number in (1, 2, 3, 4)]
 
     alone = tmp_path / "alone"
@@ -245,8 +244,7 @@ def test_a_worker_is_replaced_after_its_runs_or_above_its_memory_and_says_what_t
     said = f"--{refused.value.field}={refused.value.value}: {refused.value.allowed}"
     assert [(o.status, o.reason) for o in outcomes] == [
         ("failed", f"crashed (exit 1): {said}")] * 6
-    heads = [re.match(r"tfmagic worker (\d+): run (\d+) of this process",
-                      Path(job.log_file).read_text()).groups() for job in jobs]
+    heads = [trained_by(job.log_file) for job in jobs]
     assert [number for _, number in heads] == ["1", "2", "3", "1", "2", "1"]
     workers = [worker for worker, _ in heads]
     assert workers[0] == workers[1] == workers[2] != workers[3] == workers[4] != workers[5]
@@ -325,8 +323,7 @@ def test_kill_9_then_the_same_command_continues(tmp_path):
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    worker = int(re.match(r"tfmagic worker (\d+):",
-                          (out / "logs" / "ls_0-seed0.log").read_text()).group(1))
+    worker = int(trained_by(out / "logs" / "ls_0-seed0.log")[0])
     deadline = time.time() + 30                  # the worker dies with the runner
     while time.time() < deadline and os.path.exists(f"/proc/{worker}"):
         time.sleep(0.1)
@@ -494,8 +491,7 @@ def test_ray_runner_on_a_local_cluster(ray_cluster, tmp_path):
         assert saved["status"] == "completed"
     assert (out / "report.md").exists()
     # two actors (a CPU each), each with a warm worker that trained two runs
-    heads = [re.match(r"tfmagic worker (\d+): run (\d+) of this process",
-                      (out / "logs" / f"{key}.log").read_text()).groups() for key in keys]
+    heads = [trained_by(out / "logs" / f"{key}.log") for key in keys]
     assert len({worker for worker, _ in heads}) == 2
     assert sorted(number for _, number in heads) == ["1", "1", "2", "2"]
 

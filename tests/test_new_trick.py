@@ -8,13 +8,13 @@ scenario runs in a fresh process so that the registration does not leak into oth
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from worker_logs import trained_by
 
 PLUGIN = '''
 import tensorflow as tf
@@ -115,21 +115,19 @@ def test_a_new_schedule_is_a_flag_value_a_trained_run_and_a_checklist_trial(tmp_
     # the checklist: its runs are trained by a worker process, which loads the plugin too;
     # the run that aborts the process natively (the second, in the order of registration)
     # fails alone, and a new worker trains the next
-    aborted = said["outcomes"].pop("lr_aborting-seed0")
-    assert said["outcomes"] == {"baseline-seed0": ["completed", ""],
-                                "lr_linear-seed0": ["completed", ""]}
     failure = json.loads((tmp_path / "checklist" / "trials" / "lr_aborting" / "seed0"
                           / "failure.json").read_text())
-    assert aborted == ["failed", failure["reason"]]
+    assert said["outcomes"] == {"baseline-seed0": ["completed", ""],
+                                "lr_aborting-seed0": ["failed", failure["reason"]],
+                                "lr_linear-seed0": ["completed", ""]}
     # the reason quotes the abort's message, not the stack trace that follows it in the log
     assert failure["reason"].startswith("killed by SIGABRT: F0000 ")
     assert failure["reason"].endswith("Abort_op intentional failure; the plugin's abort")
-    said["outcomes"]["lr_aborting-seed0"] = aborted
     logs = {key: (tmp_path / "checklist" / "logs" / f"{key}.log").read_text()
             for key in said["outcomes"]}
     assert failure["last_lines"][-1] in logs["lr_aborting-seed0"]
-    workers = {key: re.match(r"tfmagic worker (\d+): run (\d+) of this process", text).groups()
-               for key, text in logs.items()}
+    workers = {key: trained_by(tmp_path / "checklist" / "logs" / f"{key}.log")
+               for key in logs}
     assert workers["baseline-seed0"] == (workers["baseline-seed0"][0], "1")
     assert workers["lr_aborting-seed0"] == (workers["baseline-seed0"][0], "2")
     assert workers["lr_linear-seed0"][1] == "1"

@@ -24,7 +24,7 @@ again by the next invocation of the same command and continues from its last fin
 that cannot be had) and the other runs go on; the next invocation tries failed runs again.
 A run whose ``result.json`` or ``failure.json`` cannot be read (edited by hand, say) is
 reported failed, with the file and what is wrong, and left alone until it is fixed or removed.
-Every run process dies with the runner (``PR_SET_PDEATHSIG`` on Linux), so a killed runner
+Every worker process dies with the runner (``PR_SET_PDEATHSIG`` on Linux), so a killed runner
 leaves no orphan writing into a run directory, and a lock file keeps a second runner out of
 the same ``out_dir``.
 
@@ -34,9 +34,9 @@ another before a new one replaces it (the run directories and logs are those of 
 ``tfmagic-train`` processes; a run that crashes its worker fails alone). With GPUs each
 worker gets its own ``gpus_per_trial`` GPUs (``CUDA_VISIBLE_DEVICES``); without, the CPU
 cores are shared out between the workers (CPU affinity and TensorFlow's thread counts).
-``"ray"`` submits every run as a Ray task (``gpus_per_trial`` GPUs each where
-the cluster has GPUs) to a cluster, ``ray_address``; ``out_dir`` must then be on a file system
-every node sees.
+``"ray"`` trains the runs on the cluster at ``ray_address`` through Ray actors
+(``gpus_per_trial`` GPUs each where the cluster has GPUs), each keeping a warm worker on its
+node; ``out_dir`` must then be on a file system every node sees.
 """
 
 from __future__ import annotations

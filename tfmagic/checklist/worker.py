@@ -1,12 +1,14 @@
 """A warm worker: one process that loads TensorFlow once and trains the runs it is sent, one
 after another, each as ``tfmagic-train --flagfile=FLAGFILE`` would in a process of its own.
 
-The local runner starts it as ``python -m tfmagic.checklist.worker`` and writes one JSON
-line per run to its standard input, ``{"flagfile": ..., "log": ...}``. The worker appends
-the run's output to ``log`` (Python's and TensorFlow's own, file descriptors 1 and 2), then
-answers with one line on its standard output, ``{"exit": STATUS, "peak_rss": BYTES}``: the
-exit status the binary would have had, and the worker's peak resident memory so far, by
-which the runner decides to retire it. The worker ends at the end of its input.
+The runner (or a Ray actor, on its node) starts it as ``python -m tfmagic.checklist.worker``
+and writes one JSON line per run to its standard input, ``{"flagfile": ..., "log": ...}``.
+The worker appends the run's output to ``log`` (Python's and TensorFlow's own, file
+descriptors 1 and 2) after a first line that names the worker's pid, the run's number in it
+and its peak resident memory so far; then it answers with one line on its standard output,
+``{"exit": STATUS, "peak_rss": BYTES}``: the exit status the binary would have had, and the
+worker's peak resident memory, by which the runner decides to retire it. The worker ends at
+the end of its input.
 
 Between runs nothing is carried over that a run depends on: `tfmagic.training.train` sets
 the seeds and builds the strategy at the start of every run, and the worker clears the Keras
