@@ -171,7 +171,7 @@ def test_real_checklist_writes_every_result_and_report_row(checklist_run):
     text = (out / "report.md").read_text()
     for name in [*expected, "pretrained"]:
         assert name in text, name
-    assert "unreliable" in text
+    assert "untested" in text
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     by_name = {row["name"]: row for row in rows}

@@ -35,13 +35,14 @@ A report can be built at any point, from whatever exists. `write_report` writes,
 atomically (temporary file, then rename), into OUT:
 
 - `report.md`: the baseline, a table of every trial ranked by Δ (what changed, validation
-  accuracy mean +- sample std over seeds in %, Δ from the baseline in points with its 95%
-  confidence interval, seeds, Holm-adjusted p-value, verdict, test accuracy, wall time per
-  seed), failed / skipped / unreadable / pending trials with their reasons (an unreadable
-  run's with its path), what went into best.cfg, "Do the winners combine?" when confirm
-  trials exist, total time and how to read it all. Verdicts follow
-  `tfmagic.checklist.stats.judge` (Welch's t-test on per-seed validation accuracies, Holm's
-  correction over the trials);
+  accuracy mean +- sample std over seeds in %, Δ from the baseline in points with its
+  simultaneous 95% interval, seeds, adjusted p-value, verdict, the analysis that decided it,
+  test accuracy, wall time per seed), why a trial was judged alone or untested, failed /
+  skipped / unreadable / pending trials with their reasons (an unreadable run's with its
+  path), what went into best.cfg, "Do the winners combine?" when confirm trials exist, total
+  time and how to read it all. Verdicts follow `tfmagic.checklist.stats.judge` (the
+  seed-blocked model with the noise pooled over the arms, Dunnett's many-to-one comparison,
+  a guard that judges an arm whose spread is out of line on its own);
 - `summary.csv`: one row per trial, columns `SUMMARY_COLUMNS`: name, group, description,
   change (a JSON object), status (one of `STATUSES`; "unreadable" when every seed is),
   seeds_planned, seeds_done, seeds_failed (failed, diverged, skipped or unreadable seeds),
@@ -49,12 +50,16 @@ atomically (temporary file, then rename), into OUT:
   test_accuracy_std (sample std, ddof=1), best_val_accuracy_mean, test_loss_mean,
   wall_time_mean_s and wall_time_total_s (over runs with a result.json), params,
   delta_mean and delta_std (the trial's mean validation accuracy minus the baseline's, and
-  its standard error), ci_low and ci_high (its 95% confidence interval), p_value,
-  p_adjusted (Holm), verdict, reliable, undecided (the interval holds both a gain and a
-  loss of min_effect), reasons (joined by " | "). Accuracies and deltas are fractions
-  (0.8512, not 85.12); an empty cell is "not available";
-- `report.png`: Δ validation accuracy from the baseline per trial with its 95% confidence
-  interval, coloured by verdict, the +-min_effect band marked;
+  its standard error), ci_low and ci_high (its simultaneous 95% interval), p_value (of the
+  one comparison), p_adjusted (family-wise), verdict, reliable (a test was possible),
+  undecided (neither called nor within +-min_effect), seeds_needed (the seeds that would
+  likely decide an undecided verdict; empty when decided or beyond 50), analysis
+  ("pooled", "alone" or "untested"), analysis_reason (why), reasons (joined by " | ").
+  Accuracies and deltas are fractions (0.8512, not 85.12); an empty cell is "not
+  available";
+- `report.png`: Δ validation accuracy from the baseline per trial with its simultaneous 95%
+  interval (the one its verdict follows), coloured by verdict, hatched when judged alone,
+  the +-min_effect band marked;
 - `curves.png`: validation accuracy per epoch (train accuracy when runs hold no validation
   split), mean over finished seeds, one panel per group with the baseline in each;
 - `best.cfg`: the baseline plus, from each group, the trial judged "better" with the largest
@@ -110,13 +115,15 @@ SUMMARY_COLUMNS = (
     "seeds_failed", "seeds_pending", "val_accuracy_mean", "val_accuracy_std",
     "test_accuracy_mean", "test_accuracy_std", "best_val_accuracy_mean", "test_loss_mean",
     "wall_time_mean_s", "wall_time_total_s", "params", "delta_mean", "delta_std", "ci_low",
-    "ci_high", "p_value", "p_adjusted", "verdict", "reliable", "undecided", "reasons",
+    "ci_high", "p_value", "p_adjusted", "verdict", "reliable", "undecided", "seeds_needed",
+    "analysis", "analysis_reason", "reasons",
 )
 VERDICT_COLORS = {
     stats.BETTER: "tab:green",
     stats.WORSE: "tab:red",
     stats.NO_CLEAR_DIFFERENCE: "tab:gray",
 }
+_HATCHES = {stats.POOLED: None, stats.ALONE: "..", stats.UNTESTED: "//"}
 _KEY_FIELDS = ("dataset", "train_subset", "model", "width", "epochs", "batch_size", "optimizer",
                "lr", "lr_schedule", "weight_decay", "augment")
 
@@ -179,7 +186,7 @@ def write_report(out_dir: str | os.PathLike, *, total_time_s: float | None = Non
     )
     if report.best_cfg is not None:
         best.recipe.to_flagfile(report.best_cfg)
-    write_atomic(report.summary_csv, _summary_csv(summaries, plan.min_effect))
+    write_atomic(report.summary_csv, _summary_csv(summaries))
     save_figure(_delta_chart(summaries, plan.min_effect), report.report_png)
     save_figure(_curves_chart(summaries), report.curves_png)
     write_atomic(report.report_md,
@@ -226,7 +233,7 @@ def _p_value(p: float | None) -> str:
 
 def _p_clause(p: float | None) -> str:
     if p is None:
-        return "no test: fewer than 2 seeds"
+        return "no test"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
@@ -281,14 +288,22 @@ def _seeds_text(s: TrialSummary) -> str:
     return f"{s.verdict.seeds} vs {s.verdict.baseline_seeds}"
 
 
-def _verdict_text(s: TrialSummary, min_effect: float) -> str:
+def _verdict_text(s: TrialSummary) -> str:
     if s.name == BASELINE and s.val_accuracies:
         return "(reference)"
     if s.verdict is None:
         return s.status
-    if not s.verdict.reliable:
-        return s.verdict.label + " (unreliable)"
-    return s.verdict.label + (" (undecided)" if stats.undecided(s.verdict, min_effect) else "")
+    return s.verdict.label + _undecided_text(s.verdict)
+
+
+def _undecided_text(v: stats.Verdict) -> str:
+    if not v.reliable:
+        return " (untested)"
+    if not v.undecided:
+        return ""
+    if v.seeds_needed is None:
+        return f" (undecided: more than {stats.MAX_PROJECTED_SEEDS} seeds)"
+    return f" (undecided: about {v.seeds_needed} seeds)"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -297,7 +312,7 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     return lines
 
 
-def _summary_csv(summaries: list[TrialSummary], min_effect: float) -> str:
+def _summary_csv(summaries: list[TrialSummary]) -> str:
     def number(value: float | None) -> str:
         return "" if value is None or not math.isfinite(value) else repr(float(value))
 
@@ -316,8 +331,9 @@ def _summary_csv(summaries: list[TrialSummary], min_effect: float) -> str:
             "" if s.params is None else s.params,
             *([number(v.delta_mean), number(v.delta_std), number(v.ci_low),
                number(v.ci_high), number(v.p_value), number(v.p_adjusted), v.label,
-               str(v.reliable).lower(), str(stats.undecided(v, min_effect)).lower()]
-              if v else [""] * 9),
+               str(v.reliable).lower(), str(v.undecided).lower(),
+               "" if v.seeds_needed is None else v.seeds_needed, v.analysis, v.reason]
+              if v else [""] * 12),
             " | ".join(s.reasons),
         ])
     return buffer.getvalue()
@@ -332,9 +348,10 @@ def _seeds_sentence(plan: rundir.Plan, summaries: list[TrialSummary]) -> str:
     text = (f"{low} seed{'s' if low > 1 else ''} per trial" if low == high
             else f"{low} to {high} seeds per trial")
     if plan.policy.get("seeds") == "auto":
-        text += (f" (`--seeds=auto`: every trial starts with {low}; one whose 95% interval of "
-                 f"Δ still held both a gain and a loss of {100 * plan.min_effect:g} points got "
-                 f"more, up to {plan.policy.get('max_seeds', high)})")
+        text += (f" (`--seeds=auto`: every trial starts with {low}; while a trial was still "
+                 "undecided and likely to be decided within "
+                 f"{plan.policy.get('max_seeds', high)} seeds, it and the baseline got "
+                 "another)")
     return text
 
 
@@ -368,26 +385,27 @@ def _markdown(out_dir: str, plan: rundir.Plan, summaries: list[TrialSummary], be
     ]
     if any(s.verdict is not None and not s.verdict.reliable for s in summaries):
         lines += [
-            "**Verdicts marked unreliable rest on a single seed**: seed noise cannot be "
-            "estimated, so such a trial is called better or worse when its validation "
-            f"accuracy differs from the baseline's by at least {100 * stats.MIN_DELTA:g} "
-            "points. Run with `--seeds=auto` (or 3 or more seeds) to test the differences.",
+            "**Verdicts marked untested rest on a single seed or on tied values**: their "
+            "noise cannot be estimated, so they are never called better or worse nor merged "
+            "into best.cfg. Run with `--seeds=auto` (or 2 or more seeds) to test them.",
             "",
         ]
     main = [s for s in summaries if s.group != CONFIRM_GROUP]
     lines += ["## Results", "",
-              f"![Δ validation accuracy vs baseline, 95% intervals]({REPORT_PNG})", ""]
+              f"![Δ validation accuracy vs baseline, simultaneous 95% intervals]({REPORT_PNG})", ""]
     lines += _table(
         [[s.name, _what_changed(s, baseline), _accuracy(s),
           _points(s.verdict.delta_mean) if s.verdict else "", _interval(s.verdict),
           _seeds_text(s), _p_value(s.verdict.p_adjusted) if s.verdict else "",
-          _verdict_text(s, min_effect), _test_accuracy(s), _duration(s.wall_time_mean_s)]
+          _verdict_text(s), s.verdict.analysis if s.verdict else "", _test_accuracy(s),
+          _duration(s.wall_time_mean_s)]
          for s in _ranked(main)],
-        ["trial", "what changed", "val accuracy (%)", "Δ val (points)", "95% CI of Δ",
-         "seeds (trial vs baseline)", "p (Holm)", "verdict", "test accuracy (%)",
-         "time per seed"],
+        ["trial", "what changed", "val accuracy (%)", "Δ val (points)",
+         "simultaneous 95% interval of Δ", "seeds (trial vs baseline)", "p (adjusted)",
+         "verdict", "analysis", "test accuracy (%)", "time per seed"],
     )
-    lines += [""] + _problems(summaries) + _best_section(best, summaries, best_written)
+    lines += ([""] + _analysis_lines(main) + _problems(summaries)
+              + _best_section(best, summaries, best_written))
     confirm = [s for s in summaries if s.group == CONFIRM_GROUP]
     if confirm:
         lines += _confirm_section(confirm, summaries, min_effect)
@@ -408,21 +426,25 @@ def _markdown(out_dir: str, plan: rundir.Plan, summaries: list[TrialSummary], be
         "recipe chosen on the test split and reported on it overstates itself; "
         "`--confirm` trains best.cfg again and reports its test accuracy.",
         "",
-        "Accuracy is the mean ± sample standard deviation over the finished seeds; Δ is the "
-        "trial's mean minus the baseline's, in percentage points, with its 95% confidence "
-        "interval (Welch). With at least 2 seeds on both sides, Welch's two-sided t-test "
-        "(unequal variances) compares the per-seed validation accuracies, and Holm's method "
-        "adjusts the p-values over the trials, so that the chance that any of them is "
-        f"called better or worse by seed noise alone stays below {stats.ALPHA:g}: an "
-        f"adjusted p < {stats.ALPHA:g} is \"better\" or \"worse\" by the sign of Δ, anything "
-        "else \"no clear difference\". \"(undecided)\" marks a trial that more seeds could "
-        f"still turn: its interval holds both a gain and a loss of {100 * min_effect:g} "
-        "points, or it leaves out zero and reaches past that while Holm's correction "
-        "withholds the call; a \"no clear difference\" without it rules out a gain or a loss "
-        f"of {100 * min_effect:g} points. "
-        "With a single seed on a side no test is possible: "
-        f"|Δ| >= {100 * stats.MIN_DELTA:g} points decides, and the verdict is marked "
-        "unreliable. report.png draws the intervals. "
+        "Accuracy is the mean ± sample standard deviation over the finished seeds. Seed k "
+        "of every trial shares the data split, the data order and the initialisation with "
+        "seed k of the baseline, so the runs are compared in blocks: validation accuracy = "
+        "trial effect + seed effect + noise, fitted over all trials at once, the noise "
+        "pooled over them (**pooled**). Δ is the trial's effect minus the baseline's, in "
+        "percentage points. Dunnett's many-to-one comparison gives every Δ a simultaneous "
+        "95% interval: the chance that any trial is called better or worse by seed noise "
+        f"alone stays below {stats.ALPHA:g}, however many trials there are. A trial is "
+        "\"better\" exactly when its interval lies above zero, \"worse\" when below, \"no "
+        "clear difference\" otherwise, and the adjusted p is below "
+        f"{stats.ALPHA:g} exactly then. A trial whose seed-to-seed spread is out of line "
+        "with the others' (an F-test of its residual variance at "
+        f"{stats.GUARD_LEVEL:g}) is judged **alone**, on its own paired differences with the "
+        "baseline, and left out of the pooled fit when far out of line (at "
+        f"{stats.OUTLIER_LEVEL:g}): a run that diverged must not decide the other trials. "
+        "**Untested**: a trial with one seed, or with tied values, whose noise cannot be "
+        "estimated. \"(undecided)\" marks a verdict that is neither called nor shown to lie "
+        f"within ±{100 * min_effect:g} points, with the seeds that would likely decide it "
+        "at the same difference and spread. report.png draws the intervals. "
         f"{SUMMARY_CSV} holds the same numbers as fractions, one row per trial; {BEST_CFG} "
         "is the baseline with the winners merged (`tfmagic-train --flagfile=best.cfg`).",
         "",
@@ -436,6 +458,19 @@ def _baseline_lines(out_dir: str, baseline: Recipe) -> list[str]:
         with open(path) as f:
             return [line.rstrip("\n") for line in f if line.strip()]
     return baseline.to_flags()
+
+
+def _analysis_lines(summaries: list[TrialSummary]) -> list[str]:
+    """Why each trial was judged alone or untested; the pooled analysis said once."""
+    judged = [s for s in summaries if s.verdict is not None]
+    pooled = [s for s in judged if s.verdict.analysis == stats.POOLED]
+    lines = []
+    if pooled:
+        reason = pooled[0].verdict.reason.split(";")[0]
+        lines += [f"Pooled ({len(pooled)} trials): {reason}, Dunnett over them."]
+    lines += [f"- `{s.name}` ({s.verdict.analysis}): {s.verdict.reason}." for s in judged
+              if s.verdict.analysis != stats.POOLED]
+    return lines + [""] if lines else []
 
 
 def _problems(summaries: list[TrialSummary]) -> list[str]:
@@ -493,14 +528,15 @@ def _confirm_section(confirm: list[TrialSummary], summaries: list[TrialSummary],
         "## Do the winners combine?", "",
         "`confirm_best` trains best.cfg; each `confirm_without_<trial>` is best.cfg without "
         "that trial's change. Leaving out a trick that helps on top of the others makes the "
-        "validation accuracy worse than `confirm_best`'s (Holm-adjusted over the left-out "
-        "tricks).", "",
+        "validation accuracy worse than `confirm_best`'s (the same analysis, over the "
+        "left-out tricks).", "",
     ]
     best = next((s for s in confirm if s.name == CONFIRM_BEST), None)
     against_best = {}
     if best is not None and best.val_accuracies:
-        against_best = stats.judge(best.val_accuracies, {
-            s.name: s.val_accuracies for s in confirm if s is not best and s.val_accuracies})
+        against_best = stats.judge(best.val_by_seed, {
+            s.name: s.val_by_seed for s in confirm if s is not best and s.val_by_seed},
+            min_effect=min_effect)
     rows, findings = [], []
     for s in confirm:
         versus = against_best.get(s.name)
@@ -509,7 +545,7 @@ def _confirm_section(confirm: list[TrialSummary], summaries: list[TrialSummary],
         rows.append([
             s.name, left_out, _accuracy(s), _test_accuracy(s),
             _points(s.verdict.delta_mean) if s.verdict else "",
-            _verdict_text(s, min_effect),
+            _verdict_text(s),
             _points(versus.delta_mean) if versus else "",
             _p_value(versus.p_adjusted if versus.reliable else None) if versus else "",
             versus.label if versus else "",
@@ -528,12 +564,12 @@ def _confirm_section(confirm: list[TrialSummary], summaries: list[TrialSummary],
                             f"(leaving it out: {gap} points).")
     lines += _table(rows, ["trial", "left out", "val accuracy (%)", "test accuracy (%)",
                            "Δ val vs baseline (points)", "verdict vs baseline",
-                           "Δ val vs confirm_best (points)", "p vs confirm_best (Holm)",
+                           "Δ val vs confirm_best (points)", "p vs confirm_best (adjusted)",
                            "verdict vs confirm_best"])
     lines += [""]
     if best is not None and best.verdict is not None:
         lines += [f"best.cfg against the baseline on validation: "
-                  f"{_verdict_text(best, min_effect)} "
+                  f"{_verdict_text(best)} "
                   f"({_points(best.verdict.delta_mean)} points, "
                   f"{_p_clause(best.verdict.p_adjusted)}).", ""]
     baseline = next((s for s in summaries if s.name == BASELINE), None)
@@ -566,7 +602,7 @@ def _delta_chart(summaries: list[TrialSummary], min_effect: float) -> Figure:
     if not judged:
         return _message_figure("No trial has results to compare with the baseline yet.")
     deltas = np.array([100 * s.verdict.delta_mean for s in judged])
-    # Each bar's 95% interval; none for a single seed (no interval can be estimated).
+    # Each bar's simultaneous 95% interval; none when untested (no noise estimate).
     low = np.array([100 * s.verdict.ci_low if s.verdict.reliable else np.nan for s in judged])
     high = np.array([100 * s.verdict.ci_high if s.verdict.reliable else np.nan for s in judged])
     figure = Figure(figsize=(8, 1.5 + 0.32 * len(judged)), layout="constrained")
@@ -576,20 +612,23 @@ def _delta_chart(summaries: list[TrialSummary], min_effect: float) -> Figure:
                  label=f"± {100 * min_effect:g} points")
     axis.barh(positions, deltas, xerr=np.vstack([deltas - low, high - deltas]), capsize=3,
               color=[VERDICT_COLORS[s.verdict.label] for s in judged],
-              hatch=[None if s.verdict.reliable else "//" for s in judged],
+              hatch=[_HATCHES[s.verdict.analysis] for s in judged],
               edgecolor="black", linewidth=0.5, error_kw={"elinewidth": 1})
     axis.set_yticks(positions, [f"{s.name} ({s.verdict.seeds})" for s in judged])
     axis.axvline(0.0, color="black", linewidth=0.8)
-    axis.set_xlabel("Δ validation accuracy vs baseline (percentage points, 95% interval)")
+    axis.set_xlabel("Δ validation accuracy vs baseline (percentage points, simultaneous 95% "
+                    "interval)")
     axis.set_title("Which changes help (mean over seeds; seeds in brackets)")
     axis.grid(axis="x", alpha=0.3)
     handles = [Patch(facecolor=color, edgecolor="black", label=label)
                for label, color in VERDICT_COLORS.items()]
     handles.append(Patch(facecolor="tab:blue", alpha=0.15,
                          label=f"± {100 * min_effect:g} points"))
-    if not all(s.verdict.reliable for s in judged):
-        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
-                             label="unreliable (1 seed)"))
+    for analysis, label in ((stats.ALONE, "judged alone (spread out of line)"),
+                            (stats.UNTESTED, "untested (1 seed or ties)")):
+        if any(s.verdict.analysis == analysis for s in judged):
+            handles.append(Patch(facecolor="white", edgecolor="black",
+                                 hatch=_HATCHES[analysis], label=label))
     axis.legend(handles=handles, loc="lower right", fontsize="small")
     return figure
 

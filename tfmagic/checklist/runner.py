@@ -6,11 +6,13 @@ trial and seed, the report) is described in `tfmagic.rundir`.
 Seed ``k`` of a trial trains with ``seed = baseline.seed + k``.
 
 Seeds (``seeds="auto"``, the default): the baseline and every trial start with 2 seeds. After
-each round the report is written and every trial whose verdict is still undecided
-(`tfmagic.checklist.stats.undecided`: its 95% interval of Δ holds both a gain and a loss of
-``min_effect``) gets one more seed, as does the baseline, up to ``max_seeds``; the trials
-closest to deciding run first. ``seeds=N`` trains every trial with N seeds. plan.json records
-each trial's seeds, so an interrupted checklist continues with the seeds it had planned.
+each round the report is written, and every trial whose verdict is still undecided (neither
+called nor shown within +-``min_effect``, `tfmagic.checklist.stats`) and likely to be decided
+within ``max_seeds`` seeds (`Verdict.seeds_needed`) gets its next seed, a block shared with
+the baseline, which gets that seed too; the trials closest to deciding run first. Nothing is
+added once no undecided trial could still be decided. ``seeds=N`` trains every trial with N
+seeds. plan.json records each trial's seeds, so an interrupted checklist continues with the
+seeds it had planned.
 
 Verdicts are chosen on validation (`tfmagic.checklist.report`): a baseline without a
 validation split gets the Recipe's default one (``validation_fraction=0.1``), and the report
@@ -135,27 +137,25 @@ def with_validation(baseline: Recipe) -> tuple[Recipe, list[str]]:
 
 
 def next_seeds(summaries: Sequence[TrialSummary], counts: dict[str, int], *,
-               min_effect: float = stats.MIN_EFFECT, max_seeds: int = MAX_SEEDS
-               ) -> dict[str, int]:
-    """The trials that get another seed in the next round of ``seeds="auto"``, name -> new
-    number of seeds, closest to deciding first (`stats.distance_to_decision`).
+               max_seeds: int = MAX_SEEDS) -> dict[str, int]:
+    """The arms that get another seed in the next round of ``seeds="auto"``, name -> new
+    number of seeds: the baseline first, then the trials closest to deciding.
 
-    A trial gets one when every seed it has is finished, it has fewer than max_seeds, and
-    its verdict is still undecided (`stats.undecided`). The baseline gets one as well when
-    any trial does and it has fewer than max_seeds: Δ's interval narrows with both sides.
-    Empty when the checklist is decided.
+    A trial gets one when every seed it has is finished, it has fewer than max_seeds, its
+    verdict is undecided, and it is likely to be decided within max_seeds seeds
+    (`Verdict.seeds_needed`). Its next seed pairs with the baseline's seed of the same
+    index: the baseline is brought up to the most seeds any trial gets. Empty when nothing
+    undecided could still be decided.
     """
-    wanted = []
-    for s in summaries:
-        if (s.name == BASELINE or s.group == CONFIRM_GROUP or s.verdict is None
-                or s.name not in counts or s.seeds_done < counts[s.name]
-                or counts[s.name] >= max_seeds or not stats.undecided(s.verdict, min_effect)):
-            continue
-        wanted.append(s)
-    wanted.sort(key=lambda s: stats.distance_to_decision(s.verdict, min_effect))
+    wanted = [s for s in summaries
+              if s.name != BASELINE and s.group != CONFIRM_GROUP and s.verdict is not None
+              and s.name in counts and s.seeds_done >= counts[s.name]
+              and counts[s.name] < max_seeds and s.verdict.undecided
+              and s.verdict.seeds_needed is not None and s.verdict.seeds_needed <= max_seeds]
+    wanted.sort(key=lambda s: s.verdict.seeds_needed)
     more = {s.name: counts[s.name] + 1 for s in wanted}
-    if more and counts.get(BASELINE, max_seeds) < max_seeds:
-        more = {BASELINE: counts[BASELINE] + 1, **more}
+    if more and counts.get(BASELINE, 0) < max(more.values()):
+        more = {BASELINE: max(more.values()), **more}
     return more
 
 
@@ -304,8 +304,8 @@ def run(
             _write_plan(out, baseline, first, trial_list, counts, jobs, skipped, policy, notes)
             outcomes.update((o.key, o) for o in executor.execute(jobs, live))
             report = report_lib.write_report(out, total_time_s=time.perf_counter() - started)
-            more = {} if seeds != AUTO else next_seeds(
-                report.summaries, counts, min_effect=min_effect, max_seeds=max_seeds)
+            more = {} if seeds != AUTO else next_seeds(report.summaries, counts,
+                                                       max_seeds=max_seeds)
             if not more:
                 break
             live.say(f"{len(more) - (BASELINE in more)} undecided trials get another seed: "

@@ -1,49 +1,61 @@
 """Is a trial better than the baseline, or is the difference seed noise?
 
-Each trial is trained with seeds seed, seed+1, ... as is the baseline, giving one metric value
-(validation accuracy, in the checklist) per seed and side. `verdict` compares one trial with
-the baseline:
+Seed k of every arm of a checklist (the baseline and each trial) shares the training subset,
+the validation split, the data order and, where the architecture allows, the initialisation
+with seed k of every other arm: the runs are paired in blocks. `judge` compares every trial
+with the baseline on one metric per run (validation accuracy, in the checklist):
 
-- With at least 2 values on both sides, Welch's two-sided t-test (unequal variances) on the
-  per-seed values: `p < alpha` (0.05) gives "better" or "worse" by the sign of the
-  difference of the means, otherwise "no clear difference". The verdict is `reliable`, and
-  `ci_low`, `ci_high` bound the difference with 95% confidence (Welch-Satterthwaite degrees of
-  freedom).
-- With fewer than 2 values on either side no test is possible (seed noise cannot be
-  estimated): `|delta| >= min_delta` (0.005, i.e. half a point of accuracy) gives "better"
-  or "worse" by its sign, otherwise "no clear difference", `reliable` is False and the
-  interval is unbounded.
+1. **The seed-blocked model.** value = arm effect + seed effect + noise, fitted by least
+   squares over every run on a seed the baseline has (a missing run leaves an incomplete
+   block, which the fit handles). The noise variance is pooled over all arms, so that even
+   2 seeds give it (arms - 1) x (seeds - 1) degrees of freedom.
+2. **The guard.** Pooling is right only when every arm is about as noisy as the rest. An
+   arm's residual variance is compared with the other arms' by an F-test: beyond its
+   99.99% point the arm is left out of the fit altogether (a run that diverged must not
+   inflate the noise of every other arm, nor shift the seed effects), and beyond its 95%
+   point (once the arm has 3 seeds: on 2 its spread is a single number) it is judged
+   **alone**: on its own paired differences with the baseline (a paired t-test), never on
+   the pooled variance. An out-of-line baseline (at 1%: a false alarm there costs every
+   trial its pooled test) sends every trial to that test. With 3 seeds an arm's spread is
+   estimated from 2 degrees of freedom, so a guard cannot catch every noisy arm: with one
+   arm 4x as noisy as the others, about 8% of null checklists make a false call (about 20%
+   without the guard; BUILD_NOTES.md, "The checklist's statistics").
+3. **Many-to-one.** The trials tested on the pooled variance form one Dunnett family: the
+   differences from the baseline divided by their standard errors follow a multivariate t
+   distribution (the correlations come from the fit), and the simultaneous critical value is
+   its quantile, drawn by Monte Carlo from a fixed seed (the one-way case matches
+   `scipy.stats.dunnett`). The family-wise error alpha is shared out by Bonferroni: the
+   Dunnett family gets alpha x (its trials / all tested trials), each trial judged alone
+   alpha / (all tested trials). So the chance that any trial is called better or worse by
+   seed noise alone stays at alpha (5%) however many trials there are.
+4. **Labels follow the intervals.** Every interval is simultaneous at that level, and a trial
+   is "better" exactly when its interval lies above zero, "worse" when below, "no clear
+   difference" otherwise: a label never contradicts its interval. The adjusted p-value is
+   below alpha exactly then.
 
-`delta_mean` is mean(trial) - mean(baseline); `delta_std` is the standard error of that
-difference, sqrt(s_t^2 / n_t + s_b^2 / n_b) with sample variances, NaN with one value on a
-side.
+No test is possible for a trial with fewer than 2 seeds shared with the baseline (its spread
+cannot be checked), nor without any spread at all (identical runs: accuracies move in steps
+of 1/N, so ties happen): such a trial is "no clear difference", untested, and never merged
+into best.cfg.
 
-`judge` compares a family of trials with the same baseline and controls the family-wise
-error with Holm's step-down method: a trial is called better or worse only when its
-Holm-adjusted p-value is below alpha, so that the chance that any trial of the family is
-called better or worse by seed noise alone stays below alpha (5%), however many trials there
-are. Holm rather than Benjamini-Hochberg: the checklist merges every winner into best.cfg and
-the recipe defaults, where one false winner costs accuracy, so the chance of any false call is
-what has to be bounded rather than the share of false calls among the winners; Holm holds
-under any dependence between the tests (the trials share the baseline's runs, so theirs are
-correlated), and it is never less powerful than Bonferroni.
+A verdict is **decided** when it is better or worse, or when its interval lies within
++-min_effect (0.3 points by default: no difference worth having); otherwise it is
+**undecided**, and `seeds_needed` projects, from the current difference and spread, the seeds
+that would likely decide it (None beyond `MAX_PROJECTED_SEEDS`).
 
-`undecided` says whether more seeds could still change the conclusion: the 95% interval of the
-difference holds both a gain and a loss of `min_effect` (0.3 points by default), or it leaves
-out zero and reaches past `min_effect` while Holm's correction still withholds the call.
-
->>> verdict([0.80, 0.81, 0.805], [0.85, 0.86, 0.855]).label
-'better'
->>> [round(p, 3) for p in holm([0.01, 0.04, 0.03])]
-[0.03, 0.06, 0.06]
+>>> verdicts = judge([0.80, 0.81, 0.805], {"a": [0.85, 0.861, 0.855], "b": [0.801, 0.812, 0.80],
+...                                          "c": [0.802, 0.808, 0.806]})
+>>> verdicts["a"].label, verdicts["a"].analysis, verdicts["b"].label
+('better', 'pooled', 'no clear difference')
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
+from scipy import special
 
 from tfmagic._checks import check, is_number
 
@@ -51,201 +63,380 @@ BETTER = "better"
 WORSE = "worse"
 NO_CLEAR_DIFFERENCE = "no clear difference"
 LABELS = (BETTER, WORSE, NO_CLEAR_DIFFERENCE)
+POOLED = "pooled"
+ALONE = "alone"
+UNTESTED = "untested"
+ANALYSES = (POOLED, ALONE, UNTESTED)
 ALPHA = 0.05
-MIN_DELTA = 0.005
 MIN_EFFECT = 0.003
-CONFIDENCE = 0.95
+GUARD_LEVEL = 0.05
+BASELINE_GUARD_LEVEL = 0.01
+MIN_GUARD_DF = 1.5
+OUTLIER_LEVEL = 0.0001
+MAX_PROJECTED_SEEDS = 50
+DRAWS = 100_000
+_DRAW_SEED = 20261207
+# Below this squared deviation per run (a standard deviation of 1e-9) values count as tied.
+_TIED = 1e-18
+
+Values = Sequence[float] | Mapping[int, float]
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """How a trial compares with the baseline (see the module docstring for the rule).
+    """How a trial compares with the baseline (the module docstring has the rule).
 
     Attributes:
-        label: "better", "worse" or "no clear difference".
-        delta_mean: mean(trial) - mean(baseline).
-        delta_std: standard error of delta_mean; NaN when a side has a single value.
-        p_value: two-sided Welch t-test p-value; None when a side has a single value.
-        reliable: False when no test was possible (fewer than 2 values on a side).
-        ci_low, ci_high: the 95% confidence interval of delta_mean (-inf, inf without a test).
-        p_adjusted: the Holm-adjusted p-value within the family `judge` compared (None from
-            `verdict` alone, and without a test).
-        seeds: the values on the trial's side.
-        baseline_seeds: the values on the baseline's side.
+        label: "better", "worse" or "no clear difference"; better exactly when ci_low > 0,
+            worse exactly when ci_high < 0.
+        delta_mean: the trial's effect minus the baseline's: from the seed-blocked fit
+            (pooled), or the mean paired difference (alone, untested).
+        delta_std: its standard error; NaN when untested.
+        p_value: the two-sided p-value of that one comparison; None when untested.
+        p_adjusted: the family-wise adjusted p-value (Dunnett, or Bonferroni when alone),
+            below alpha exactly when the label is better or worse; None when untested.
+        ci_low, ci_high: the simultaneous interval of delta_mean (-inf, inf when untested).
+        analysis: "pooled", "alone" or "untested".
+        reason: why that analysis, in words (the guard's numbers included).
+        undecided: neither called nor shown to lie within +-min_effect.
+        seeds_needed: for an undecided verdict, the seeds (per arm) that would likely decide
+            it; None when decided, untested, or beyond `MAX_PROJECTED_SEEDS`.
+        seeds: the trial's seeds in the comparison.
+        baseline_seeds: the baseline's seeds.
     """
 
     label: str
     delta_mean: float
     delta_std: float
     p_value: float | None
-    reliable: bool
-    ci_low: float = -math.inf
-    ci_high: float = math.inf
-    p_adjusted: float | None = None
-    seeds: int = 0
-    baseline_seeds: int = 0
+    p_adjusted: float | None
+    ci_low: float
+    ci_high: float
+    analysis: str
+    reason: str
+    undecided: bool
+    seeds_needed: int | None
+    seeds: int
+    baseline_seeds: int
+
+    @property
+    def reliable(self) -> bool:
+        """Whether a test was possible."""
+        return self.analysis != UNTESTED
 
 
-def _values(name: str, values: Sequence[float], minimum: int) -> np.ndarray:
-    values = list(values)
-    check(len(values) >= minimum, name, values,
-          f"must hold at least {minimum} value{'s' if minimum > 1 else ''}")
-    check(all(is_number(v) for v in values), name, values, "must hold finite numbers only")
-    return np.asarray(values, dtype=np.float64)
+def _by_seed(name: str, values: Values) -> dict[int, float]:
+    if isinstance(values, Mapping):
+        out = dict(values)
+        check(all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in out),
+              name, values, "must map seed indices (integers >= 0) to values")
+    else:
+        out = dict(enumerate(values))
+    check(all(is_number(v) for v in out.values()), name, values,
+          "must hold finite numbers only")
+    return {k: float(v) for k, v in out.items()}
 
 
-def _variance(values: np.ndarray) -> float:
-    """Sample variance; exactly 0 for identical values (a mean of copies can be off by an ulp)."""
-    return 0.0 if np.all(values == values[0]) else float(values.var(ddof=1))
+@dataclasses.dataclass(frozen=True)
+class _Fit:
+    """Least squares of value = arm effect + seed effect over the runs of `arms`."""
 
+    arms: list[str]
+    effects: np.ndarray        # one per arm (arms[0] the baseline)
+    unscaled: np.ndarray       # (X'X)^-1 restricted to the arm effects
+    residual_ss: dict[str, float]
+    residual_df: dict[str, float]
+    df: int
 
-def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Welch's two-sided t-test of mean(a) == mean(b); returns (t, p_value).
+    @property
+    def variance(self) -> float:
+        return sum(self.residual_ss.values()) / self.df
 
-    t is positive when mean(a) > mean(b). When both sides are constant (zero variance) the
-    test degenerates: equal means give (0, 1), different means (+-inf, 0).
-
-    >>> t, p = welch_t_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
-    >>> float(t), float(p)
-    (0.0, 1.0)
-    """
-    a = _values("a", a, minimum=2)
-    b = _values("b", b, minimum=2)
-    if _variance(a) == 0.0 and _variance(b) == 0.0:
-        if a[0] == b[0]:
+    def guard(self, arm: str) -> tuple[float, float]:
+        """(ratio of the arm's residual variance to the other arms', F-test p-value); p is 1
+        when the test has too few degrees of freedom."""
+        own_df = self.residual_df[arm]
+        rest_df = self.df - own_df
+        if own_df < 0.5 or rest_df < 1:
+            return 1.0, 1.0
+        own = self.residual_ss[arm] / own_df
+        rest = (sum(self.residual_ss.values()) - self.residual_ss[arm]) / rest_df
+        if own <= _TIED:
             return 0.0, 1.0
-        return math.copysign(math.inf, a[0] - b[0]), 0.0
-    # scipy's Welch test (ttest_ind(equal_var=False)) from the summary statistics, so that the
-    # exact zero variance of a constant side is used instead of an ulp-sized one.
-    result = scipy_stats.ttest_ind_from_stats(
-        a.mean(), math.sqrt(_variance(a)), len(a), b.mean(), math.sqrt(_variance(b)), len(b),
-        equal_var=False)
-    return float(result.statistic), float(result.pvalue)
+        if rest <= _TIED:
+            return math.inf, 0.0
+        ratio = own / rest
+        return ratio, float(special.fdtrc(own_df, rest_df, ratio))
 
 
-def welch_interval(a: Sequence[float], b: Sequence[float], *,
-                   confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Confidence interval of mean(a) - mean(b) with Welch-Satterthwaite degrees of freedom.
+def _fit(runs: dict[str, dict[int, float]], arms: list[str]) -> _Fit | None:
+    """The seed-blocked fit over the baseline's seeds (arms[0] is the baseline); None when
+    it leaves no residual degrees of freedom."""
+    seeds = sorted(runs[arms[0]])
+    rows = [(i, seeds.index(k), v) for i, arm in enumerate(arms)
+            for k, v in sorted(runs[arm].items()) if k in runs[arms[0]]]
+    columns = len(arms) + len(seeds) - 1
+    if len(rows) <= columns:
+        return None
+    design = np.zeros((len(rows), columns))
+    for r, (i, s, _) in enumerate(rows):
+        design[r, i] = 1.0
+        if s:
+            design[r, len(arms) + s - 1] = 1.0
+    y = np.array([v for _, _, v in rows])
+    inverse = np.linalg.inv(design.T @ design)
+    beta = inverse @ design.T @ y
+    residuals = y - design @ beta
+    leverage = np.einsum("ij,jk,ik->i", design, inverse, design)
+    owner = np.array([i for i, _, _ in rows])
+    return _Fit(
+        arms=arms, effects=beta[:len(arms)], unscaled=inverse[:len(arms), :len(arms)],
+        residual_ss={arm: float(np.sum(residuals[owner == i] ** 2))
+                     for i, arm in enumerate(arms)},
+        residual_df={arm: float(np.sum(1.0 - leverage[owner == i]))
+                     for i, arm in enumerate(arms)},
+        df=len(rows) - columns)
 
-    Both sides constant: the interval is the difference itself.
 
-    >>> low, high = welch_interval([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])
-    >>> round(low, 3), round(high, 3)
-    (-0.267, 4.267)
+@functools.lru_cache(maxsize=32)
+def _max_abs_t(correlation: bytes, size: int, df: int) -> np.ndarray:
+    """Sorted draws of max_i |T_i| for T multivariate t (df) with that correlation matrix."""
+    rng = np.random.default_rng(_DRAW_SEED)
+    root = np.linalg.cholesky(np.frombuffer(correlation).reshape(size, size))
+    normal = rng.standard_normal((DRAWS, size)) @ root.T
+    scale = np.sqrt(rng.chisquare(df, DRAWS) / df)
+    return np.sort(np.abs(normal).max(axis=1) / scale)
+
+
+def _draws(correlation: np.ndarray, df: int) -> np.ndarray:
+    rounded = np.round(correlation, 6)
+    np.fill_diagonal(rounded, 1.0)
+    return _max_abs_t(rounded.tobytes(), len(rounded), df)
+
+
+def simultaneous_critical_value(draws: np.ndarray, level: float) -> float:
+    """The critical value of max |T| at `level` (two-sided, family-wise) from sorted draws:
+    |t| > it exactly when `simultaneous_p_value(draws, t)` < level."""
+    n = len(draws)
+    allowed = math.ceil(level * (n + 1) - 1) - 1     # draws >= |t| that still give p < level
+    if allowed < 0:
+        return math.inf
+    return float(draws[max(n - allowed - 1, 0)]) if allowed < n else -math.inf
+
+
+def simultaneous_p_value(draws: np.ndarray, t: float) -> float:
+    """The share of draws of max |T| at least |t| (Monte Carlo, counting the observed one)."""
+    at_least = len(draws) - int(np.searchsorted(draws, abs(t), side="left"))
+    return (at_least + 1) / (len(draws) + 1)
+
+
+def dunnett(estimates: Sequence[float], covariance: np.ndarray, df: int, *,
+            level: float = ALPHA) -> tuple[np.ndarray, np.ndarray, float]:
+    """Many-to-one comparisons: (adjusted p-values, unadjusted p-values, critical value).
+
+    `estimates` are differences from the control, `covariance` their estimated covariance
+    matrix (the noise variance estimated with df degrees of freedom). An estimate is
+    significant at `level`, family-wise, exactly when |estimate| / its standard error exceeds
+    the critical value, and its simultaneous interval is estimate +- critical value x
+    standard error.
     """
-    a = _values("a", a, minimum=2)
-    b = _values("b", b, minimum=2)
-    check(is_number(confidence) and 0.0 < confidence < 1.0, "confidence", confidence,
-          "must be in (0, 1)")
-    delta = float(a.mean() - b.mean())
-    va, vb = _variance(a) / len(a), _variance(b) / len(b)
-    if va + vb == 0.0:
-        return delta, delta
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
-    return delta - half, delta + half
+    estimates = np.asarray(estimates, dtype=np.float64)
+    errors = np.sqrt(np.diag(covariance))
+    t = estimates / errors
+    draws = _draws(covariance / np.outer(errors, errors), df)
+    adjusted = np.array([simultaneous_p_value(draws, value) for value in t])
+    return adjusted, 2 * special.stdtr(df, -np.abs(t)), simultaneous_critical_value(draws, level)
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given.
-
-    The i-th smallest of m p-values is multiplied by m - i + 1 (i from 1), kept at least as
-    large as the adjusted values before it, and capped at 1; a p-value is significant at
-    level alpha in the family exactly when its adjusted value is below alpha.
-    """
-    p = list(p_values)
-    check(all(is_number(v) and 0.0 <= v <= 1.0 for v in p), "p_values", p,
-          "must hold numbers in [0, 1]")
-    adjusted = [0.0] * len(p)
-    running = 0.0
-    for rank, index in enumerate(sorted(range(len(p)), key=p.__getitem__)):
-        running = max(running, min(1.0, (len(p) - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted
-
-
-def verdict(baseline_values: Sequence[float], trial_values: Sequence[float], *,
-            alpha: float = ALPHA, min_delta: float = MIN_DELTA) -> Verdict:
-    """Judge trial_values (one per seed) against baseline_values by the module's rule.
+def judge(baseline_values: Values, trials: Mapping[str, Values], *, alpha: float = ALPHA,
+          min_effect: float = MIN_EFFECT) -> dict[str, Verdict]:
+    """Verdicts of a family of trials against one baseline (the module docstring).
 
     Args:
-        baseline_values: the baseline's metric, one value per seed (at least one).
-        trial_values: the trial's metric, one value per seed (at least one).
-        alpha: significance level of the t-test, in (0, 1).
-        min_delta: smallest |difference of means| called better/worse when a side has a
-            single value (no test possible); >= 0.
+        baseline_values: the baseline's metric per seed: a mapping seed index -> value, or a
+            sequence for seeds 0, 1, ...
+        trials: trial name -> its values, the same way; seed k of a trial is paired with
+            seed k of the baseline.
+        alpha: the family-wise error rate, in (0, 1).
+        min_effect: the smallest difference worth deciding (a fraction of accuracy, >= 0).
     """
-    baseline = _values("baseline_values", baseline_values, minimum=1)
-    trial = _values("trial_values", trial_values, minimum=1)
     check(is_number(alpha) and 0.0 < alpha < 1.0, "alpha", alpha, "must be in (0, 1)")
-    check(is_number(min_delta) and min_delta >= 0.0, "min_delta", min_delta,
+    check(is_number(min_effect) and min_effect >= 0.0, "min_effect", min_effect,
           "must be a finite number >= 0")
-    delta = float(trial.mean() - baseline.mean())
-    by_sign = BETTER if delta > 0 else WORSE
-    sizes = {"seeds": len(trial), "baseline_seeds": len(baseline)}
-    if len(baseline) < 2 or len(trial) < 2:
-        label = by_sign if delta != 0 and abs(delta) >= min_delta else NO_CLEAR_DIFFERENCE
-        return Verdict(label, delta, math.nan, None, reliable=False, **sizes)
-    _, p_value = welch_t_test(trial, baseline)
-    std_error = math.sqrt(_variance(trial) / len(trial) + _variance(baseline) / len(baseline))
-    low, high = welch_interval(trial, baseline)
-    label = by_sign if p_value < alpha else NO_CLEAR_DIFFERENCE
-    return Verdict(label, delta, std_error, p_value, reliable=True, ci_low=low, ci_high=high,
-                   **sizes)
+    base = _by_seed("baseline_values", baseline_values)
+    check(bool(base), "baseline_values", baseline_values, "must hold at least 1 value")
+    runs = {name: _by_seed(f"trials[{name!r}]", values) for name, values in trials.items()}
+    check(not any(not values for values in runs.values()), "trials", dict(trials),
+          "must give every trial at least 1 value")
+    baseline = "\0baseline"
+    runs[baseline] = base
+    shared = {name: sorted(set(values) & set(base)) for name, values in runs.items()}
+
+    fit, out_of_line = _robust_fit(runs, baseline, [baseline, *trials])
+    kinds, reasons = {}, {}
+    baseline_alone = baseline in out_of_line
+    for name in trials:
+        if len(shared[name]) < 2:
+            kinds[name] = UNTESTED
+            reasons[name] = (f"{len(shared[name])} seed{'s' if len(shared[name]) != 1 else ''}"
+                             " shared with the baseline: no test (its spread cannot be "
+                             "checked)")
+        elif baseline_alone:
+            kinds[name] = ALONE
+            reasons[name] = ("the baseline's spread is out of line with the trials' ("
+                             + out_of_line[baseline] + "): judged on its own paired "
+                             "differences with the baseline")
+        elif name in out_of_line:
+            kinds[name] = ALONE
+            reasons[name] = (f"its spread is out of line with the other arms' "
+                             f"({out_of_line[name]}): judged on its own paired differences "
+                             "with the baseline")
+        elif fit is None or fit.variance <= _TIED:
+            kinds[name] = UNTESTED
+            reasons[name] = ("no spread between the seeds of any arm (tied values): the noise "
+                             "cannot be estimated")
+        else:
+            kinds[name] = POOLED
+            ratio, p = fit.guard(name)
+            spread = (f"its spread in line (guard: {ratio:.2f}x the rest's, p = {p:.2f})"
+                      if fit.residual_df[name] >= MIN_GUARD_DF else
+                      f"its spread too little measured to check on {len(shared[name])} seeds")
+            reasons[name] = (f"seed-blocked, noise pooled over {len(fit.arms)} arms "
+                             f"({fit.df} df); {spread}")
+    for name in trials:
+        if kinds[name] == ALONE and _paired_spread(runs, baseline, name) <= _TIED:
+            kinds[name] = UNTESTED
+            reasons[name] += "; but its paired differences are all equal (tied values): no test"
+    pooled = [name for name in trials if kinds[name] == POOLED]
+    tested = len(pooled) + sum(kinds[name] == ALONE for name in trials)
+    verdicts = {}
+    if pooled:
+        verdicts.update(_pooled(fit, pooled, alpha * len(pooled) / tested, tested / len(pooled)))
+    for name in trials:
+        if kinds[name] == ALONE:
+            verdicts[name] = _alone(runs, baseline, name, alpha / tested, tested)
+        elif kinds[name] == UNTESTED:
+            values = [runs[name][k] - base[k] for k in shared[name]] or [
+                np.mean(list(runs[name].values())) - np.mean(list(base.values()))]
+            verdicts[name] = (float(np.mean(values)), math.nan, None, None, -math.inf, math.inf,
+                              NO_CLEAR_DIFFERENCE, None)
+    return {name: _verdict(verdicts[name], kinds[name], reasons[name], min_effect,
+                           len(runs[name]), len(base)) for name in trials}
 
 
-def judge(baseline_values: Sequence[float], trials: Mapping[str, Sequence[float]], *,
-          alpha: float = ALPHA, min_delta: float = MIN_DELTA) -> dict[str, Verdict]:
-    """Verdicts of a family of trials against one baseline, Holm-adjusted (module docstring).
+def _robust_fit(runs: dict[str, dict[int, float]], baseline: str, arms: list[str]
+                ) -> tuple[_Fit | None, dict[str, str]]:
+    """The fit without the arms far out of line (one at a time, the worst first), and every
+    arm out of line -> the guard's numbers in words."""
+    arms = [arm for arm in arms if len(set(runs[arm]) & set(runs[baseline])) >= 1]
+    out_of_line = {}
+    while True:
+        fit = _fit(runs, arms)
+        if fit is None:
+            return None, out_of_line
+        guards = {arm: fit.guard(arm) for arm in arms}
+        worst = min(arms, key=lambda arm: guards[arm][1])
+        ratio, p = guards[worst]
+        if p >= OUTLIER_LEVEL:
+            break
+        out_of_line[worst] = (f"residual variance {ratio:.1f}x the rest's, guard "
+                              f"p = {p:.2g} < {OUTLIER_LEVEL:g}: left out of the pooled fit")
+        if worst == baseline:
+            return None, out_of_line
+        arms = [arm for arm in arms if arm != worst]
+    for arm in arms:
+        ratio, p = guards[arm]
+        if fit.residual_df[arm] >= MIN_GUARD_DF and p < (
+                BASELINE_GUARD_LEVEL if arm == baseline else GUARD_LEVEL):
+            out_of_line[arm] = f"residual variance {ratio:.1f}x the rest's, guard p = {p:.3f}"
+    return fit, out_of_line
 
-    Trials with a test (at least 2 values on both sides) form the family: each is called
-    better or worse only when its Holm-adjusted p-value is below alpha. A trial without a test
-    keeps `verdict`'s unreliable min_delta rule and is not counted in the family.
 
-    >>> verdicts = judge([0.80, 0.81, 0.805], {"a": [0.85, 0.86, 0.855], "b": [0.81, 0.82]})
-    >>> verdicts["a"].label, verdicts["b"].label
-    ('better', 'no clear difference')
-    """
-    single = {name: verdict(baseline_values, values, alpha=alpha, min_delta=min_delta)
-              for name, values in trials.items()}
-    tested = [name for name, v in single.items() if v.reliable]
-    adjusted = dict(zip(tested, holm([single[name].p_value for name in tested]), strict=True))
+def _paired_spread(runs: dict[str, dict[int, float]], baseline: str, name: str) -> float:
+    shared = sorted(set(runs[name]) & set(runs[baseline]))
+    differences = np.array([runs[name][k] - runs[baseline][k] for k in shared])
+    return float(np.sum((differences - differences.mean()) ** 2) / len(differences))
+
+
+def _pooled(fit: _Fit, names: list[str], level: float, share: float) -> dict[str, tuple]:
+    """Dunnett over the pooled trials at `level`; adjusted p-values scaled by `share` (the
+    Bonferroni split with the trials judged alone)."""
+    rows = np.zeros((len(names), len(fit.arms)))
+    for r, name in enumerate(names):
+        rows[r, fit.arms.index(name)] = 1.0
+        rows[r, 0] = -1.0
+    estimates = rows @ fit.effects
+    covariance = fit.variance * rows @ fit.unscaled @ rows.T
+    adjusted, raw, critical = dunnett(estimates, covariance, fit.df, level=level)
+    errors = np.sqrt(np.diag(covariance))
     out = {}
-    for name, v in single.items():
-        if name not in adjusted:
-            out[name] = v
-            continue
-        label = (BETTER if v.delta_mean > 0 else WORSE) if adjusted[name] < alpha else (
-            NO_CLEAR_DIFFERENCE)
-        out[name] = dataclasses.replace(v, label=label, p_adjusted=adjusted[name])
+    for r, name in enumerate(names):
+        delta, error = float(estimates[r]), float(errors[r])
+        called = abs(delta) / error > critical
+        out[name] = (delta, error, float(raw[r]), min(1.0, float(adjusted[r]) * share),
+                     delta - critical * error, delta + critical * error,
+                     (BETTER if delta > 0 else WORSE) if called else NO_CLEAR_DIFFERENCE,
+                     _Projection(error, critical, fit.df, level / len(names)))
     return out
 
 
-def undecided(v: Verdict, min_effect: float = MIN_EFFECT) -> bool:
-    """Whether more seeds could still change the conclusion about a trial.
+def _alone(runs: dict[str, dict[int, float]], baseline: str, name: str, level: float,
+           tested: int) -> tuple:
+    """The paired t-test of one trial against the baseline at `level` (Bonferroni over
+    `tested` trials)."""
+    shared = sorted(set(runs[name]) & set(runs[baseline]))
+    differences = np.array([runs[name][k] - runs[baseline][k] for k in shared])
+    n = len(differences)
+    delta = float(differences.mean())
+    error = float(differences.std(ddof=1) / math.sqrt(n))
+    t = delta / error
+    raw = float(2 * special.stdtr(n - 1, -abs(t)))
+    critical = float(-special.stdtrit(n - 1, level / 2))
+    called = abs(t) > critical
+    return (delta, error, raw, min(1.0, raw * tested), delta - critical * error,
+            delta + critical * error,
+            (BETTER if delta > 0 else WORSE) if called else NO_CLEAR_DIFFERENCE,
+            _Projection(error * math.sqrt(n), critical, None, level))
 
-    True when the 95% interval of the difference holds both a gain and a loss of min_effect,
-    and also when it leaves out zero and reaches past min_effect on that side while the
-    verdict (Holm-adjusted, stricter than the interval) still says no clear difference.
-    Always True without a test (a single seed on a side).
 
-    >>> undecided(verdict([0.80, 0.81], [0.80, 0.82]))
-    True
-    """
-    check(is_number(min_effect) and min_effect >= 0.0, "min_effect", min_effect,
-          "must be a finite number >= 0")
-    if v.ci_low < -min_effect and v.ci_high > min_effect:
-        return True
-    beyond = (v.ci_low > 0 and v.ci_high > min_effect) or (
-        v.ci_high < 0 and v.ci_low < -min_effect)
-    return v.label == NO_CLEAR_DIFFERENCE and beyond
+def _verdict(numbers: tuple, analysis: str, reason: str, min_effect: float, seeds: int,
+             baseline_seeds: int) -> Verdict:
+    delta, error, raw, adjusted, low, high, label, projection = numbers
+    decided = label != NO_CLEAR_DIFFERENCE or (low >= -min_effect and high <= min_effect)
+    needed = None
+    if not decided and projection is not None:
+        needed = _seeds_needed(delta, projection, min(seeds, baseline_seeds), min_effect)
+    return Verdict(label=label, delta_mean=delta, delta_std=error, p_value=raw,
+                   p_adjusted=adjusted, ci_low=low, ci_high=high, analysis=analysis,
+                   reason=reason, undecided=not decided, seeds_needed=needed, seeds=seeds,
+                   baseline_seeds=baseline_seeds)
 
 
-def distance_to_decision(v: Verdict, min_effect: float = MIN_EFFECT) -> float:
-    """How far an interval is from deciding: its half-width over the half-width at which it
-    would stop holding both a gain and a loss of min_effect (min_effect + |delta|). Below 1 is
-    decided; the smaller, the fewer extra seeds a decision needs. Infinite without a test.
-    """
-    if not v.reliable:
-        return math.inf
-    return (v.ci_high - v.ci_low) / 2 / (min_effect + abs(v.delta_mean))
+@dataclasses.dataclass(frozen=True)
+class _Projection:
+    """What projects an interval to more seeds: its standard error (pooled) or the paired
+    differences' standard deviation (alone), its critical value, the pooled fit's degrees of
+    freedom (None when alone) and the two-sided level of one comparison."""
+
+    spread: float
+    critical: float
+    df: int | None
+    level: float
+
+
+def _seeds_needed(delta: float, projection: _Projection, seeds: int, min_effect: float
+                  ) -> int | None:
+    """The fewest seeds per arm at which, with the same difference and spread, the interval
+    would leave out zero or lie within +-min_effect. Pooled, the standard error shrinks as
+    1/sqrt(seeds) and the critical value follows a t quantile as the fit's degrees of freedom
+    grow with the seeds; alone, the paired t-test's."""
+    n = np.arange(seeds + 1, MAX_PROJECTED_SEEDS + 1)
+    p = projection
+    if p.df is None:
+        half = -special.stdtrit(n - 1, p.level / 2) * p.spread / np.sqrt(n)
+    else:
+        df = p.df * (n - 1) / max(seeds - 1, 1)
+        ratio = special.stdtrit(df, p.level / 2) / special.stdtrit(p.df, p.level / 2)
+        half = p.critical * ratio * p.spread * np.sqrt(seeds / n)
+    decides = (half < abs(delta)) | (abs(delta) + half <= min_effect)
+    return int(n[np.argmax(decides)]) if decides.any() else None

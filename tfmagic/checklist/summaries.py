@@ -1,10 +1,10 @@
 """What a checklist's runs say so far: one summary per trial, with its verdict.
 
 `collect` reads the run directories of every trial that plan.json lists (`tfmagic.rundir`)
-and judges each trial's last-epoch validation accuracies against the baseline's
-(`tfmagic.checklist.stats.judge`, Holm-adjusted over the trials; the confirm trials form a
-family of their own). `tfmagic.checklist.report` renders the summaries and
-`tfmagic.checklist.best` merges the winners into best.cfg.
+and judges each trial's last-epoch validation accuracies against the baseline's, seed k
+paired with seed k (`tfmagic.checklist.stats.judge`: the seed-blocked model, Dunnett over the
+trials; the confirm trials form a family of their own). `tfmagic.checklist.report` renders
+the summaries and `tfmagic.checklist.best` merges the winners into best.cfg.
 """
 
 import dataclasses
@@ -31,8 +31,9 @@ class TrialSummary:
     Means are over the finished seeds (None when there are none); the `_std` values are
     sample standard deviations (None with fewer than 2 finished seeds). `val_accuracies` are
     the finished seeds' last-epoch validation accuracies (seeds without a validation split
-    left out). `verdict` compares them with the baseline's, Holm-adjusted over the family of
-    trials (None for the baseline itself and for trials without validation results).
+    left out), `val_by_seed` the same by seed index. `verdict` compares them with the
+    baseline's over the family of trials (None for the baseline itself and for trials
+    without validation results).
     `run_dirs` are the finished seeds' run directories.
     """
 
@@ -47,6 +48,7 @@ class TrialSummary:
     status: str
     reasons: list[str]
     val_accuracies: list[float]
+    val_by_seed: dict[int, float]
     val_accuracy_mean: float | None
     val_accuracy_std: float | None
     test_accuracies: list[float]
@@ -76,16 +78,18 @@ def summarize(out_dir: str, plan: rundir.Plan) -> list[TrialSummary]:
     if baseline is not None and baseline.val_accuracies:
         verdicts = {}
         for in_family in (lambda s: s.group != CONFIRM_GROUP, lambda s: s.group == CONFIRM_GROUP):
-            verdicts.update(stats.judge(baseline.val_accuracies, {
-                s.name: s.val_accuracies for s in summaries
-                if s.name != BASELINE and s.val_accuracies and in_family(s)}))
+            verdicts.update(stats.judge(baseline.val_by_seed, {
+                s.name: s.val_by_seed for s in summaries
+                if s.name != BASELINE and s.val_by_seed and in_family(s)},
+                min_effect=plan.min_effect))
         summaries = [dataclasses.replace(s, verdict=verdicts.get(s.name)) for s in summaries]
     for entry in plan.skipped:
         summaries.append(TrialSummary(
             name=entry["name"], group=entry.get("group", ""),
             description=entry.get("description", ""), change=dict(entry.get("change", {})),
             seeds_planned=0, seeds_done=0, seeds_failed=0, seeds_pending=0, status="skipped",
-            reasons=[str(entry["reason"])], val_accuracies=[], val_accuracy_mean=None,
+            reasons=[str(entry["reason"])], val_accuracies=[], val_by_seed={},
+            val_accuracy_mean=None,
             val_accuracy_std=None, test_accuracies=[], test_accuracy_mean=None,
             test_accuracy_std=None, best_val_accuracy_mean=None, test_loss_mean=None,
             wall_time_mean_s=None, wall_time_total_s=0.0, params=None, run_dirs=[],
@@ -96,6 +100,7 @@ def summarize(out_dir: str, plan: rundir.Plan) -> list[TrialSummary]:
 
 def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSummary:
     states, results, finished, run_dirs, reasons_by_text = [], [], [], [], {}
+    val_by_seed = {}
     for k in range(seeds):
         run_dir = rundir.seed_dir(out_dir, trial["name"], k)
         state, result, reason = rundir.read_run(run_dir, relative_to=out_dir)
@@ -105,10 +110,13 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
         if state == "done":
             finished.append(result)
             run_dirs.append(run_dir)
+            value = rundir.val_accuracy(result, run_dir)
+            if value is not None:
+                val_by_seed[k] = value
         if reason is not None:
             reasons_by_text.setdefault((state, reason), []).append(k)
     accuracies = [float(r["test_accuracy"]) for r in finished]
-    val_accuracies = [v for v in map(rundir.val_accuracy, finished, run_dirs) if v is not None]
+    val_accuracies = list(val_by_seed.values())
     val = [float(r["best_val_accuracy"]) for r in finished
            if r.get("best_val_accuracy") is not None]
     losses = [float(r["test_loss"]) for r in finished if r.get("test_loss") is not None]
@@ -135,6 +143,7 @@ def _summarize_trial(out_dir: str, trial: dict[str, Any], seeds: int) -> TrialSu
                              states.count(rundir.UNREADABLE)),
         reasons=reasons,
         val_accuracies=val_accuracies,
+        val_by_seed=val_by_seed,
         val_accuracy_mean=_mean(val_accuracies),
         val_accuracy_std=_std(val_accuracies),
         test_accuracies=accuracies,

@@ -34,13 +34,14 @@ flags.DEFINE_string("out", None, "Directory of the checklist: runs, logs and the
 flags.DEFINE_integer("workers", None, "Runs at a time (local runner); default one per GPU, "
                      "else 1. On CPU the cores are shared out between the workers.", lower_bound=1)
 flags.DEFINE_string("seeds", "auto", "'auto': every trial and the baseline start with 2 "
-                    "seeds, and a trial whose verdict is still undecided (its 95% interval of "
-                    "Δ holds both a gain and a loss of --min_effect) gets more, up to "
-                    "--max_seeds, closest to deciding first. Or N: N runs per trial. Seeds "
-                    "are seed, seed+1, ...")
-flags.DEFINE_float("min_effect", 100 * stats.MIN_EFFECT, "With --seeds=auto: the smallest "
-                   "difference in validation accuracy worth deciding, in percentage points.",
-                   lower_bound=0.0)
+                    "seeds, and a trial whose verdict is still undecided but likely to be "
+                    "decided within --max_seeds gets its next seed (with the baseline's of "
+                    "the same index), closest to deciding first. Or N: N runs per trial. "
+                    "Seeds are seed, seed+1, ...")
+flags.DEFINE_float("min_effect", 100 * stats.MIN_EFFECT, "The smallest difference in "
+                   "validation accuracy worth deciding, in percentage points: a verdict is "
+                   "decided when it is better or worse, or when its interval lies within "
+                   "+-min_effect.", lower_bound=0.0)
 flags.DEFINE_integer("max_seeds", runner.MAX_SEEDS, "With --seeds=auto: the most seeds a "
                      "trial (and the baseline) gets.", lower_bound=runner.FIRST_SEEDS)
 flags.DEFINE_list("trials", None, "Only these trials (comma-separated names); default all.")
