@@ -363,6 +363,10 @@ def test_pipeline_batches_and_normalization(fmnist):
     np.testing.assert_array_equal(y_test, fmnist[1][1])
     np.testing.assert_array_equal(_raw(x_test, splits), fmnist[1][0])
     np.testing.assert_array_equal(_collect(splits.validation)[1], _collect(splits.validation)[1])
+    # No autotuning thread, whose iterator waits for its next wake to be deleted
+    # (benchmarks/iterator_stall.py).
+    assert not any(d.options().autotune.enabled for d in (
+        splits.train, splits.validation, splits.test, splits.train_from_epoch(0)))
 
 
 def test_pipeline_resize_and_channels():

@@ -160,6 +160,8 @@ def test_a_streamed_epoch_follows_from_the_seed_and_its_number(shards):
     images = [np.concatenate([x for x, _ in part]) for part in (from_zero[:steps],
                                                                  from_zero[steps:])]
     assert not np.allclose(np.sort(images[0].ravel()), np.sort(images[1].ravel()))
+    assert not any(d.options().autotune.enabled for d in (
+        splits.train, splits.validation, splits.test, splits.train_from_epoch(0)))
 
 
 def test_label_base_bad_records_and_splits_of_hand_made_shards(tmp_path):

@@ -102,6 +102,8 @@ def test_a_streamed_folder_crops_by_epoch_and_position_so_resumes_and_workers_ag
     # Two iterations of the one-epoch dataset crop differently: a new stream each time.
     first, second = batches(splits.train), batches(splits.train)
     assert len(first) == steps and not np.array_equal(first[0][0], second[0][0])
+    assert not any(d.options().autotune.enabled for d in (
+        splits.train, splits.test, splits.train_from_epoch(1, worker=1, workers=2)))
 
 
 def test_undecodable_files_are_left_out_and_recorded(photos, tmp_path, monkeypatch):

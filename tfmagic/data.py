@@ -1001,15 +1001,24 @@ def _epochs(count: int, batch_size: int, seed: int, train: bool,
             _as_written(lambda batch, stream: prepare(
                 _augment_key(_base_key(seed, stream), batch[0], worker), batch[2])),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
+        return _final(dataset.prefetch(tf.data.AUTOTUNE))
 
     return batches
 
 
-def _in_order(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """``dataset`` with its elements in their defined order, whatever the global options."""
+def _final(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` as tfmagic hands it out: its elements in their defined order, whatever the
+    global options, and without tf.data's autotuning thread.
+
+    Deleting an autotuned iterator waits for that thread's next wake, and its wakes grow
+    further apart the longer the iterator lives (to 60 s): on one core, an iterator read
+    for 25 s took 16 s to delete (`benchmarks/iterator_stall.py`), and `fit` and `evaluate`
+    delete theirs at every end. Without autotuning a parallel map runs as many calls at once
+    as there are cores (16 at most) and a prefetch keeps its first buffer size.
+    """
     options = tf.data.Options()
     options.deterministic = True
+    options.autotune.enabled = False
     return dataset.with_options(options)
 
 
@@ -1186,7 +1195,7 @@ def _file_pipeline(
         ).map(finished, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if first_epoch is None:
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
-        return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
+        return _final(dataset.prefetch(tf.data.AUTOTUNE))
 
     return batches
 
@@ -1265,10 +1274,10 @@ def _record_pipeline(
         def evaluation(first_epoch=None):
             images = read(tf.data.Dataset.from_tensor_slices(shards)).map(
                 whole, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            return images.batch(batch_size).map(
+            return _final(images.batch(batch_size).map(
                 _as_written(lambda x, y: _finish(x, y, key=None, train=False, **finish)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).apply(
-                tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+                tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE))
         return evaluation
 
     def epoch(number, worker, workers):
@@ -1308,12 +1317,12 @@ def _record_pipeline(
     def batches(first_epoch: int | None = None, worker: int = 0,
                 workers: int = 1) -> tf.data.Dataset:
         if first_epoch is not None:
-            return tf.data.Dataset.counter(start=first_epoch).flat_map(
+            return _final(tf.data.Dataset.counter(start=first_epoch).flat_map(
                 _as_written(lambda number: epoch(number, worker, workers))).prefetch(
-                tf.data.AUTOTUNE)
+                tf.data.AUTOTUNE))
         number = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-        return number.flat_map(_as_written(lambda number: epoch(number, 0, 1))).apply(
-            tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+        return _final(number.flat_map(_as_written(lambda number: epoch(number, 0, 1))).apply(
+            tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE))
 
     return batches
 
