@@ -391,9 +391,11 @@ def checklist_cli(tmp_path_factory):
     runs["print_commands"] = (["--epochs=2", f"--out={tmp / 'printed'}",
                                "--validation_fraction=0", "--print_commands"], tmp / "printed")
     incomplete = tmp / "incomplete"
-    make_checklist(incomplete, 2, [("baseline", "baseline", {}, [0.80, None]),
+    make_checklist(incomplete, 3, [("baseline", "baseline", {}, [0.80, 0.81, None]),
                                    ("mixup", "regularization", {"mixup_alpha": 0.2},
-                                    [0.82, 0.83])])
+                                    [0.83, 0.842, 0.835]),
+                                   ("cutout", "regularization", {"cutout": 0.25},
+                                    [0.79, 0.802, 0.797])])
     runs["report_only"] = ([f"--out={incomplete}", "--report_only"], incomplete)
     runs["best_from_incomplete"] = ([f"--out={incomplete}", "--report_only",
                                      "--best_from_incomplete"], incomplete)
@@ -431,8 +433,8 @@ def test_the_binary_exits_1_on_a_bad_flag_and_creates_nothing(checklist_cli):
 
 def test_report_only_with_missing_runs_says_so_and_writes_best_cfg_only_when_asked(
         checklist_cli):
-    note = ("tfmagic-checklist: incomplete: 1 of 4 planned runs have no result (baseline 1 of "
-            "2); the verdicts rest on the seeds that finished; best.cfg ")
+    note = ("tfmagic-checklist: incomplete: 1 of 9 planned runs have no result (baseline 1 of "
+            "3); the verdicts rest on the seeds that finished; best.cfg ")
     code, stdout, stderr, out = checklist_cli["report_only"]
     assert (code, stdout, stderr) == (
         0, f"report -> {out / 'report.md'}\n",
