@@ -464,7 +464,7 @@ def _read_folder(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     ).ignore_errors()
-    for batch, indices in dataset.batch(256).as_numpy_iterator():
+    for batch, indices in records.untuned(dataset.batch(256)).as_numpy_iterator():
         images[indices] = batch
         decoded[indices] = True
     bad = []
@@ -573,7 +573,7 @@ def _undecodable_files(files: list[str]) -> list[tuple[str, str]]:
         _as_written(lambda file, index: (tf.shape(decode(tf.io.read_file(file)))[0], index)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
     ).ignore_errors()
-    for _, indices in dataset.batch(1024).as_numpy_iterator():
+    for _, indices in records.untuned(dataset.batch(1024)).as_numpy_iterator():
         decoded[indices] = True
     bad = []
     for index in np.flatnonzero(~decoded):
@@ -923,7 +923,7 @@ def _file_stats(files: np.ndarray, size: tuple[int, int],
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
     )
     hists = np.zeros((3, 256), dtype=np.int64)
-    for batch in dataset.batch(64).as_numpy_iterator():
+    for batch in records.untuned(dataset.batch(64)).as_numpy_iterator():
         hists += _histograms(batch)
     return _stats_from_histograms(hists)
 
@@ -1008,18 +1008,10 @@ def _epochs(count: int, batch_size: int, seed: int, train: bool,
 
 def _final(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """``dataset`` as tfmagic hands it out: its elements in their defined order, whatever the
-    global options, and without tf.data's autotuning thread.
-
-    Deleting an autotuned iterator waits for that thread's next wake, and its wakes grow
-    further apart the longer the iterator lives (to 60 s): on one core, an iterator read
-    for 25 s took 16 s to delete (`benchmarks/iterator_stall.py`), and `fit` and `evaluate`
-    delete theirs at every end. Without autotuning a parallel map runs as many calls at once
-    as there are cores (16 at most) and a prefetch keeps its first buffer size.
-    """
+    global options, and without tf.data's autotuning thread (`records.untuned`)."""
     options = tf.data.Options()
     options.deterministic = True
-    options.autotune.enabled = False
-    return dataset.with_options(options)
+    return records.untuned(dataset.with_options(options))
 
 
 def _finish(x, y, *, key: tf.Tensor | None, train: bool, augment: Callable | None,
@@ -1341,7 +1333,7 @@ def _record_stats(source: records.Source, index: records.Index, rows: np.ndarray
         _as_written(lambda image, _: tf.cast(tf.round(view(decode(image)[None])[0]), tf.uint8)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     hists = np.zeros((3, 256), dtype=np.int64)
-    for batch in images.batch(64).as_numpy_iterator():
+    for batch in records.untuned(images.batch(64)).as_numpy_iterator():
         hists += _histograms(batch)
     return _stats_from_histograms(hists)
 

@@ -244,9 +244,23 @@ def _records(source: Source) -> tf.data.Dataset:
     ).map(inspect, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
 
 
+def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` without tf.data's autotuning thread.
+
+    Deleting an autotuned iterator waits for that thread's next wake, and its wakes grow
+    further apart the longer the iterator lives (to 60 s): on one core, an iterator read
+    for 25 s took 16 s to delete (`benchmarks/iterator_stall.py`), and `fit` and `evaluate`
+    delete theirs at every end. Without autotuning a parallel map runs as many calls at once
+    as there are cores (16 at most) and a prefetch keeps its first buffer size.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def _read_all(dataset: tf.data.Dataset) -> list[np.ndarray]:
     parts = [[], [], []]
-    for shard, position, label, _ in dataset.batch(4096).as_numpy_iterator():
+    for shard, position, label, _ in untuned(dataset.batch(4096)).as_numpy_iterator():
         for part, values in zip(parts, (shard, position, label), strict=True):
             part.append(values)
     return [np.concatenate(part) if part else np.zeros((0,), np.int64) for part in parts]
