@@ -304,7 +304,7 @@ def judge(baseline_values: Values, trials: Mapping[str, Values], *, alpha: float
             reasons[name] = (f"seed-blocked, noise pooled over {len(fit.arms)} arms "
                              f"({fit.df} df); {spread}")
     for name in trials:
-        if kinds[name] == ALONE and _paired_spread(runs, baseline, name) <= _TIED:
+        if kinds[name] == ALONE and np.var(_differences(runs, baseline, name)) <= _TIED:
             kinds[name] = UNTESTED
             reasons[name] += "; but its paired differences are all equal (tied values): no test"
     pooled = [name for name in trials if kinds[name] == POOLED]
@@ -316,9 +316,10 @@ def judge(baseline_values: Values, trials: Mapping[str, Values], *, alpha: float
         if kinds[name] == ALONE:
             verdicts[name] = _alone(runs, baseline, name, alpha / tested, tested)
         elif kinds[name] == UNTESTED:
-            values = [runs[name][k] - base[k] for k in shared[name]] or [
-                np.mean(list(runs[name].values())) - np.mean(list(base.values()))]
-            verdicts[name] = (float(np.mean(values)), math.nan, None, None, -math.inf, math.inf,
+            paired = _differences(runs, baseline, name)
+            delta = paired.mean() if len(paired) else (
+                np.mean(list(runs[name].values())) - np.mean(list(base.values())))
+            verdicts[name] = (float(delta), math.nan, None, None, -math.inf, math.inf,
                               NO_CLEAR_DIFFERENCE, None)
     return {name: _verdict(verdicts[name], kinds[name], reasons[name], min_effect,
                            len(runs[name]), len(base)) for name in trials}
@@ -352,10 +353,10 @@ def _robust_fit(runs: dict[str, dict[int, float]], baseline: str, arms: list[str
     return fit, out_of_line
 
 
-def _paired_spread(runs: dict[str, dict[int, float]], baseline: str, name: str) -> float:
+def _differences(runs: dict[str, dict[int, float]], baseline: str, name: str) -> np.ndarray:
+    """The trial's values minus the baseline's, seed by seed, on the seeds both have."""
     shared = sorted(set(runs[name]) & set(runs[baseline]))
-    differences = np.array([runs[name][k] - runs[baseline][k] for k in shared])
-    return float(np.sum((differences - differences.mean()) ** 2) / len(differences))
+    return np.array([runs[name][k] - runs[baseline][k] for k in shared])
 
 
 def _pooled(fit: _Fit, names: list[str], level: float, share: float) -> dict[str, tuple]:
@@ -384,8 +385,7 @@ def _alone(runs: dict[str, dict[int, float]], baseline: str, name: str, level: f
            tested: int) -> tuple:
     """The paired t-test of one trial against the baseline at `level` (Bonferroni over
     `tested` trials)."""
-    shared = sorted(set(runs[name]) & set(runs[baseline]))
-    differences = np.array([runs[name][k] - runs[baseline][k] for k in shared])
+    differences = _differences(runs, baseline, name)
     n = len(differences)
     delta = float(differences.mean())
     error = float(differences.std(ddof=1) / math.sqrt(n))
